@@ -1,0 +1,526 @@
+"""The pure-Python Pipe: the readable reference for the compiled ``fastpipe._pipe``.
+
+Both implementations follow one contract (DESIGN.md, "The Pipe contract") and the test suite runs every
+clause against both. Read this file to learn what the Pipe does; read ``_pipe.pyx`` to learn how it is fast.
+
+A pipe has two faces:
+
+* the **pull face**: ``Pipe(source, owner)`` is an async iterator over ``source`` that keeps ``owner``
+  alive until the stream ends, fails or is cancelled, then releases it through one exit, ``_release``;
+* the **push face**: ``Pipe.pushed(owner, producer=...)`` is fed synchronously by a protocol
+  (``feed``/``feed_eof``/``feed_error``) and delivers either to a connected sink (no coroutine per chunk)
+  or to ``async for``; flow control pauses and resumes the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections import deque
+from typing import Any, AsyncIterable, Callable, Optional, Protocol, Union
+
+from ._errors import PipeError, report_callback_error
+
+__all__ = ("Pipe", "PipeError", "wrap", "Producer", "Sink")
+
+Chunk = Union[bytes, bytearray, memoryview]
+
+IDLE = "idle"
+OPEN = "open"
+CLOSED = "closed"
+ERRORED = "errored"
+CANCELLED = "cancelled"
+
+DEFAULT_HIGH_WATER = 64 * 1024
+DEFAULT_LOW_WATER = 16 * 1024
+
+
+class Producer(Protocol):
+    """What feeds a pushed pipe: an asyncio read transport already fits."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where a connected pushed pipe delivers: ``write`` per chunk, ``end`` once when the pipe finishes."""
+
+    def write(self, chunk: Any) -> None: ...
+
+    def end(self, pipe: Any) -> None: ...
+
+
+class _End:
+    """Marks a clean end fed into a pushed pipe that still has queued chunks."""
+
+    __slots__ = ()
+
+
+_EOF = _End()
+
+
+def _chunk_size(chunk: Any) -> int:
+    """Bytes in a chunk; a memoryview counts its bytes, not its items."""
+    kind = type(chunk)
+    if kind is bytes or kind is bytearray:
+        return len(chunk)
+    if kind is memoryview:
+        return chunk.nbytes  # type: ignore[no-any-return]
+    try:
+        with memoryview(chunk) as view:
+            return view.nbytes
+    except TypeError:
+        raise TypeError(f"Pipe chunks must be bytes-like, got {kind.__name__}") from None
+
+
+class Pipe:
+    """A lazy, zero-copy passthrough that keeps the owner of a stream alive until the stream is over."""
+
+    __slots__ = (
+        "_source",
+        "_iterator",
+        "_owner",
+        "_on_release",
+        "_released",
+        "_taps",
+        "_state",
+        "_pulling",
+        "_exception",
+        "_chunks",
+        "_nbytes",
+        # push face
+        "_pushed",
+        "_producer",
+        "_sink",
+        "_queue",
+        "_queued_bytes",
+        "_pending_end",
+        "_waiter",
+        "_paused",
+        "_high_water",
+        "_low_water",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        source: AsyncIterable[Chunk],
+        owner: object = None,
+        *,
+        on_release: Optional[Callable[["Pipe"], object]] = None,
+    ) -> None:
+        # Lazy: nothing here may touch `source`, not even an attribute lookup.
+        self._source: Any = source
+        self._iterator: Any = None
+        self._owner: object = owner
+        self._on_release = on_release
+        self._released = False
+        self._taps: Optional[list[Callable[[Any], object]]] = None
+        self._state = IDLE
+        self._pulling = False
+        self._exception: Optional[BaseException] = None
+        self._chunks = 0
+        self._nbytes = 0
+        self._pushed = False
+        self._producer: Any = None
+        self._sink: Any = None
+        self._queue: Optional[deque[Any]] = None
+        self._queued_bytes = 0
+        self._pending_end: object = None
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._paused = False
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_LOW_WATER
+
+    @classmethod
+    def pushed(
+        cls,
+        owner: object = None,
+        *,
+        producer: Optional[Producer] = None,
+        on_release: Optional[Callable[["Pipe"], object]] = None,
+        high_water: int = DEFAULT_HIGH_WATER,
+        low_water: Optional[int] = None,
+    ) -> "Pipe":
+        """A pipe fed by a protocol instead of pulled from an async iterable.
+
+        ``high_water``/``low_water`` bound the bytes queued for an ``async for`` consumer: the producer is
+        paused above the high mark and resumed at or below the low mark (default: a quarter of high).
+        """
+        if low_water is None:
+            low_water = high_water // 4
+        if not 0 <= low_water <= high_water:
+            raise ValueError(f"need 0 <= low_water <= high_water, got {low_water} and {high_water}")
+        pipe = cls(None, owner, on_release=on_release)  # type: ignore[arg-type]
+        pipe._pushed = True
+        pipe._producer = producer
+        pipe._queue = deque()
+        pipe._high_water = high_water
+        pipe._low_water = low_water
+        return pipe
+
+    # -- what anyone may read ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """'idle', 'open', 'closed' (clean end), 'errored' or 'cancelled'."""
+        return self._state
+
+    @property
+    def chunks(self) -> int:
+        """Chunks passed on so far."""
+        return self._chunks
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes passed on so far."""
+        return self._nbytes
+
+    @property
+    def owner(self) -> object:
+        """The retained owner; None once released."""
+        return self._owner
+
+    @property
+    def exception(self) -> Optional[BaseException]:
+        """The error an errored pipe met; None otherwise."""
+        return self._exception
+
+    @property
+    def paused(self) -> bool:
+        """Whether this pipe has paused its producer (push face)."""
+        return self._paused
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} state={self._state} chunks={self._chunks} nbytes={self._nbytes}>"
+
+    def tap(self, observer: Callable[[Any], object]) -> "Pipe":
+        """Call ``observer(chunk)`` with each chunk before it is passed on; returns the pipe.
+
+        An observer that raises is reported to the event loop's exception handler and the stream goes on.
+        """
+        if not callable(observer):
+            raise TypeError(f"tap() needs a callable, got {type(observer).__name__}")
+        if self._taps is None:
+            self._taps = [observer]
+        else:
+            self._taps.append(observer)
+        return self
+
+    # -- the single exit ---------------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        """Drop every strong reference and call on_release, exactly once in the pipe's life."""
+        if self._released:
+            return
+        self._released = True
+        callback = self._on_release
+        self._owner = self._source = self._iterator = None
+        self._on_release = None
+        self._taps = None
+        self._producer = None
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception as exc:
+                report_callback_error("fastpipe: on_release callback failed", exc, self)
+
+    def _deliver(self, chunk: Any) -> Any:
+        """Count a chunk and show it to the taps; the chunk itself passes on untouched."""
+        size = _chunk_size(chunk)
+        self._chunks += 1
+        self._nbytes += size
+        taps = self._taps
+        if taps is not None:
+            for observer in taps:
+                try:
+                    observer(chunk)
+                except Exception as exc:
+                    report_callback_error("fastpipe: tap observer failed", exc, self)
+        return chunk
+
+    def _raise_finished(self) -> None:
+        if self._state is ERRORED:
+            raise PipeError(f"pipe already failed: {self._exception!r}") from self._exception
+        raise StopAsyncIteration
+
+    # -- the pull face -----------------------------------------------------------------------------------
+
+    def __aiter__(self) -> "Pipe":
+        return self
+
+    def __anext__(self) -> Any:
+        if self._pushed:
+            return self._pull_pushed()
+        return self._pull()
+
+    async def _pull(self) -> Any:
+        if self._pulling:
+            raise RuntimeError("anext(): Pipe is already being pulled")
+        if self._state is not OPEN:
+            if self._state is not IDLE:
+                self._raise_finished()
+            self._state = OPEN
+        self._pulling = True
+        try:
+            try:
+                # No local names for source objects: a traceback must not keep them alive.
+                if self._iterator is None:
+                    self._iterator = self._source.__aiter__()
+                chunk = await self._iterator.__anext__()
+            finally:
+                self._pulling = False
+            if self._state is not CANCELLED:
+                return self._deliver(chunk)
+        except StopAsyncIteration:
+            if self._state is not CANCELLED:
+                self._state = CLOSED
+                self._release()
+                raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The consumer (or the source) was cancelled: that is a cancellation, never an error.
+            self._state = CANCELLED
+            self._release()
+            raise
+        except BaseException as exc:
+            if self._state is not CANCELLED:
+                self._state = ERRORED
+                self._exception = exc
+                self._release()
+                raise
+        # aclose() ran in another task while this pull was pending: whatever the read produced is
+        # discarded, and this pull finishes the cancellation that aclose() could not wait for.
+        await self._close_iterator_after_cancel()
+        raise StopAsyncIteration
+
+    async def _close_iterator_after_cancel(self) -> None:
+        try:
+            close = getattr(self._iterator, "aclose", None)
+            if close is not None:
+                await close()
+        except Exception as exc:
+            report_callback_error("fastpipe: closing the source after cancellation failed", exc, self)
+        finally:
+            self._release()
+
+    async def aclose(self) -> None:
+        """Cancel the stream and release the owner; idempotent, and a no-op on a finished pipe."""
+        state = self._state
+        if state is not IDLE and state is not OPEN:
+            return
+        self._state = CANCELLED
+        if self._pushed:
+            self._cancel_pushed()
+            return
+        if self._pulling:
+            return  # the pending pull closes the iterator and releases when its read completes
+        try:
+            target = self._source if state is IDLE else self._iterator
+            close = getattr(target, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            self._release()
+
+    def cancel(self) -> None:
+        """Cancel synchronously, for callers that cannot await (protocol callbacks).
+
+        The owner is released at once (or, with a pull pending, when that read completes); unlike
+        ``aclose()`` the source of a pulled pipe is not closed.
+        """
+        state = self._state
+        if state is not IDLE and state is not OPEN:
+            return
+        self._state = CANCELLED
+        if self._pushed:
+            self._cancel_pushed()
+        elif not self._pulling:
+            self._release()
+
+    async def __aenter__(self) -> "Pipe":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._released:
+            return
+        if self._state is OPEN:
+            warnings.warn(f"unfinished {self!r} was dropped; aclose() it", ResourceWarning, source=self)
+        if self._state is IDLE or self._state is OPEN:
+            self._state = CANCELLED
+        self._release()
+
+    # -- the push face -----------------------------------------------------------------------------------
+
+    def _require_pushed(self, what: str) -> None:
+        if not self._pushed:
+            raise RuntimeError(f"{what}() is for pipes made by Pipe.pushed()")
+
+    def feed(self, chunk: Chunk) -> bool:
+        """Pass one chunk on; returns False (and drops it) when the pipe was cancelled."""
+        state = self._state
+        if state is not OPEN:
+            if state is IDLE:
+                self._require_pushed("feed")
+                self._state = OPEN
+            elif state is CANCELLED:
+                return False
+            else:
+                raise RuntimeError(f"feed() on a {state} pipe")
+        if self._pending_end is not None:
+            raise RuntimeError("feed() after feed_eof() or feed_error()")
+        sink = self._sink
+        if sink is not None:
+            self._deliver(chunk)
+            try:
+                sink.write(chunk)
+            except Exception as exc:
+                self.cancel()
+                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
+                return False
+            return True
+        assert self._queue is not None
+        self._queued_bytes += _chunk_size(chunk)
+        self._queue.append(chunk)
+        if self._queued_bytes > self._high_water:
+            self.pause_producing()
+        self._wake_puller()
+        return True
+
+    def feed_eof(self) -> None:
+        """The producer's body ended cleanly."""
+        self._feed_end(_EOF)
+
+    def feed_error(self, exc: BaseException) -> None:
+        """The producer failed: the consumer gets ``exc`` after the queued chunks, never a clean end."""
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"feed_error() needs an exception, got {type(exc).__name__}")
+        self._feed_end(exc)
+
+    def _feed_end(self, end: object) -> None:
+        state = self._state
+        if state is CANCELLED:
+            return
+        if state is IDLE:
+            self._require_pushed("feed_eof" if end is _EOF else "feed_error")
+            self._state = OPEN
+        elif state is not OPEN or self._pending_end is not None:
+            raise RuntimeError("the pipe's end was already fed")
+        if self._sink is not None:
+            self._finish_pushed(end)
+        else:
+            self._pending_end = end
+            self._wake_puller()
+
+    def connect(self, sink: Sink) -> None:
+        """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once."""
+        self._require_pushed("connect")
+        if self._sink is not None or self._waiter is not None or self._chunks:
+            raise RuntimeError("connect() needs a pushed pipe that nothing consumes yet")
+        if self._state is not IDLE and self._state is not OPEN:
+            sink.end(self)
+            return
+        self._sink = sink
+        assert self._queue is not None
+        queue = self._queue
+        while queue and self._sink is not None:
+            chunk = queue.popleft()
+            self._queued_bytes -= _chunk_size(chunk)
+            self._deliver(chunk)
+            sink.write(chunk)
+        if self._pending_end is not None:
+            self._finish_pushed(self._pending_end)
+        elif self._paused and self._queued_bytes <= self._low_water:
+            self.resume_producing()
+
+    def pause_producing(self) -> None:
+        """Ask the producer to stop reading; safe to repeat."""
+        if not self._paused:
+            self._paused = True
+            if self._producer is not None:
+                self._producer.pause_reading()
+
+    def resume_producing(self) -> None:
+        """Let the producer read again; safe to repeat."""
+        if self._paused:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resume_reading()
+
+    def _wake_puller(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _finish_pushed(self, end: object) -> None:
+        if end is _EOF:
+            self._state = CLOSED
+        else:
+            self._state = ERRORED
+            self._exception = end  # type: ignore[assignment]
+        self._end_pushed()
+
+    def _cancel_pushed(self) -> None:
+        assert self._queue is not None
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._pending_end = None
+        self._wake_puller()
+        self._end_pushed()
+
+    def _end_pushed(self) -> None:
+        sink = self._sink
+        self._sink = None
+        self._release()
+        if sink is not None:
+            try:
+                sink.end(self)
+            except Exception as exc:
+                report_callback_error("fastpipe: sink.end failed", exc, self)
+
+    async def _pull_pushed(self) -> Any:
+        if self._pulling:
+            raise RuntimeError("anext(): Pipe is already being pulled")
+        if self._sink is not None:
+            raise RuntimeError("a pipe connected to a sink cannot be pulled")
+        if self._state is IDLE:
+            self._state = OPEN
+        queue = self._queue
+        assert queue is not None
+        while True:  # at most twice: once to wait, once to take what the wake-up brought
+            if queue:
+                chunk = queue.popleft()
+                self._queued_bytes -= _chunk_size(chunk)
+                if self._paused and self._queued_bytes <= self._low_water:
+                    self.resume_producing()
+                return self._deliver(chunk)
+            if self._state is not OPEN:
+                self._raise_finished()
+            end = self._pending_end
+            if end is not None:
+                self._finish_pushed(end)
+                if end is _EOF:
+                    raise StopAsyncIteration
+                raise end  # type: ignore[misc]
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            self._pulling = True
+            try:
+                await waiter
+            except (asyncio.CancelledError, GeneratorExit):
+                self._state = CANCELLED
+                self._cancel_pushed()
+                raise
+            finally:
+                self._waiter = None
+                self._pulling = False
+
+
+def wrap(body: Optional[AsyncIterable[Chunk]], owner: object = None, **options: Any) -> Optional[Pipe]:
+    """``Pipe(body, owner, **options)``, or None for a bodyless response."""
+    if body is None:
+        return None
+    return Pipe(body, owner, **options)
+
