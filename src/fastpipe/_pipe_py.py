@@ -267,8 +267,8 @@ class Pipe:
             try:
                 # No local names for source objects: a traceback must not keep them alive.
                 if self._iterator is None:
-                    self._iterator = self._source.__aiter__()
-                chunk = await self._iterator.__anext__()
+                    self._iterator = aiter(self._source)
+                chunk = await anext(self._iterator)
             finally:
                 self._pulling = False
             if self._state is not CANCELLED:
@@ -355,16 +355,13 @@ class Pipe:
 
     # -- the push face -----------------------------------------------------------------------------------
 
-    def _require_pushed(self, what: str) -> None:
-        if not self._pushed:
-            raise RuntimeError(f"{what}() is for pipes made by Pipe.pushed()")
-
     def feed(self, chunk: Chunk) -> bool:
         """Pass one chunk on; returns False (and drops it) when the pipe was cancelled."""
+        if not self._pushed:
+            raise RuntimeError("feed() is for pipes made by Pipe.pushed()")
         state = self._state
         if state is not OPEN:
             if state is IDLE:
-                self._require_pushed("feed")
                 self._state = OPEN
             elif state is CANCELLED:
                 return False
@@ -401,11 +398,12 @@ class Pipe:
         self._feed_end(exc)
 
     def _feed_end(self, end: object) -> None:
+        if not self._pushed:
+            raise RuntimeError(f"{'feed_eof' if end is _EOF else 'feed_error'}() is for pipes made by Pipe.pushed()")
         state = self._state
         if state is CANCELLED:
             return
         if state is IDLE:
-            self._require_pushed("feed_eof" if end is _EOF else "feed_error")
             self._state = OPEN
         elif state is not OPEN or self._pending_end is not None:
             raise RuntimeError("the pipe's end was already fed")
@@ -417,7 +415,8 @@ class Pipe:
 
     def connect(self, sink: Sink) -> None:
         """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once."""
-        self._require_pushed("connect")
+        if not self._pushed:
+            raise RuntimeError("connect() is for pipes made by Pipe.pushed()")
         if self._sink is not None or self._waiter is not None or self._chunks:
             raise RuntimeError("connect() needs a pushed pipe that nothing consumes yet")
         if self._state is not IDLE and self._state is not OPEN:

@@ -1,0 +1,73 @@
+# cython: language_level=3
+# The state of a compiled Pipe, declared in one place: read this file to learn the state machine.
+
+cimport cython
+from cpython.object cimport PyObject
+
+cdef enum PipeState:
+    # idle -> open on the first pull (or feed); open -> one of the three ends; the ends are final.
+    STATE_IDLE
+    STATE_OPEN
+    STATE_CLOSED
+    STATE_ERRORED
+    STATE_CANCELLED
+
+
+@cython.final
+cdef class Pipe:
+    # Held strongly until _release(), the single exit (EOF, error, cancellation, or a dropped pipe).
+    cdef object _source             # the async iterable; untouched until the first pull
+    cdef object _iterator           # source.__aiter__(), from the first pull on
+    cdef object _owner              # what must outlive the body: the upstream response or exchange
+    cdef object _on_release         # called once with the pipe, after the owner is dropped
+    cdef list _taps                 # synchronous observers per chunk, or None (the common case)
+    cdef bint _released
+
+    cdef PipeState _state
+    cdef bint _pulling              # a pull's read is in flight (a second concurrent pull is an error)
+    cdef object _exception          # what an errored pipe met; later pulls raise PipeError from it
+    cdef readonly long long chunks
+    cdef readonly long long nbytes
+
+    cdef _Pull _spare_pull          # reused awaitable: no allocation per chunk
+
+    # push face: fed by a protocol's callbacks, delivered to a sink or to `async for`
+    cdef bint _pushed
+    cdef bint _paused
+    cdef object _producer           # has pause_reading()/resume_reading(); an asyncio transport fits
+    cdef object _sink               # has write(chunk) and end(pipe)
+    cdef object _sink_write         # bound sink.write, looked up once
+    cdef object _queue              # deque of chunks waiting for an `async for` consumer
+    cdef Py_ssize_t _queued_bytes
+    cdef Py_ssize_t _high_water
+    cdef Py_ssize_t _low_water
+    cdef object _pending_end        # _EOF or the fed exception, delivered after the queued chunks
+    cdef object _waiter             # the future a pull of a pushed pipe waits on
+
+    cdef object __weakref__
+
+    cdef int _release(self) except -1
+    cdef int _observe(self, object chunk) except -1
+    cdef int _raise_finished(self) except -1
+    cdef int _finish_pushed(self, object end) except -1
+    cdef int _cancel_pushed(self) except -1
+    cdef int _end_pushed(self) except -1
+    cdef int _wake_puller(self) except -1
+
+
+@cython.final
+cdef class _Pull:
+    # The awaitable of one pull. Its am_send slot is filled at import (see _pull_am_send), so a chunk is
+    # returned by value instead of by raising StopIteration. One spare per pipe is reused while nobody
+    # else holds it.
+    cdef Pipe _pipe                 # the pipe being pulled; None once this pull is over (or unused)
+    cdef object _driver             # iterator that drives the awaited read, or the iterator's aclose()
+    cdef bint _closing              # _driver is the aclose() that finishes a deferred cancellation
+
+    cdef int _send(self, PyObject* arg, PyObject** presult) except -1
+    cdef int _begin(self, Pipe pipe) except -1
+    cdef int _outcome(self, int status, PyObject* result, PyObject** presult) except -1
+    cdef int _read_failed(self, object error) except -1
+    cdef int _start_closing(self) except -1
+    cdef int _closing_done(self, int status, PyObject* result) except -1
+
