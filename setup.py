@@ -29,6 +29,7 @@ def extensions():
         # Chosen on purpose; see the header of _pipe.pyx for the per-file ones.
         "language_level": "3",
         "embedsignature": True,
+        "embedsignature.format": "clinic",  # a __text_signature__ that inspect and stubtest read
         "linetrace": TRACE,
         "profile": False,
     }

@@ -23,8 +23,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # out (the default run covers them), instead of failing on a module that was never meant to load.
     if not NO_EXTENSIONS:
         return
-    kept = [item for item in items if "[c" not in item.nodeid and "-c]" not in item.nodeid and "-c-" not in item.nodeid]
-    deselected = [item for item in items if item not in kept]
+    def compiled(item: pytest.Item) -> bool:
+        callspec = getattr(item, "callspec", None)
+        return callspec is not None and callspec.params.get("impl") == "c"
+
+    deselected = [item for item in items if compiled(item)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
+        items[:] = [item for item in items if not compiled(item)]

@@ -5,4 +5,4 @@ from ._errors import PipeError
 
 __version__ = "0.1.0"
 
-__all__ = ("EXTENSION", "Pipe", "PipeError", "wrap", "__version__")
+__all__ = ("EXTENSION", "Pipe", "PipeError", "__version__", "wrap")

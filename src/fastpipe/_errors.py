@@ -34,7 +34,7 @@ def report_callback_error(message: str, exc: BaseException, pipe: object) -> Non
 class _Unraisable:
     """The record ``sys.unraisablehook`` expects."""
 
-    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+    __slots__ = ("err_msg", "exc_traceback", "exc_type", "exc_value", "object")
 
     def __init__(self, exc: BaseException, message: str, obj: object) -> None:
         self.exc_type = type(exc)

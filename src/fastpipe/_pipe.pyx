@@ -553,7 +553,7 @@ cdef class _Pull:
     cdef int _send(self, PyObject* arg, PyObject** presult) except -1:
         cdef PyObject* result = NULL
         cdef int status
-        pipe = self._pipe
+        cdef Pipe pipe = self._pipe
         if pipe is None:
             raise RuntimeError("cannot reuse already awaited __anext__()")
         if self._driver is None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections import deque
-from typing import Any, AsyncIterable, Callable, Optional, Protocol, Union
+from typing import Any, AsyncIterable, Callable, Protocol, Union
 
 from ._errors import PipeError, report_callback_error
 
-__all__ = ("Pipe", "PipeError", "wrap", "Producer", "Sink")
+__all__ = ("Pipe", "PipeError", "Producer", "Sink", "wrap")
 
 Chunk = Union[bytes, bytearray, memoryview]
 
@@ -78,29 +78,29 @@ class Pipe:
     """A lazy, zero-copy passthrough that keeps the owner of a stream alive until the stream is over."""
 
     __slots__ = (
-        "_source",
-        "_iterator",
-        "_owner",
-        "_on_release",
-        "_released",
-        "_taps",
-        "_state",
-        "_pulling",
-        "_exception",
+        "__weakref__",
         "_chunks",
+        "_exception",
+        "_high_water",
+        "_iterator",
+        "_low_water",
         "_nbytes",
+        "_on_release",
+        "_owner",
+        "_paused",
+        "_pending_end",
+        "_producer",
+        "_pulling",
         # push face
         "_pushed",
-        "_producer",
-        "_sink",
         "_queue",
         "_queued_bytes",
-        "_pending_end",
+        "_released",
+        "_sink",
+        "_source",
+        "_state",
+        "_taps",
         "_waiter",
-        "_paused",
-        "_high_water",
-        "_low_water",
-        "__weakref__",
     )
 
     def __init__(
@@ -108,7 +108,7 @@ class Pipe:
         source: AsyncIterable[Chunk],
         owner: object = None,
         *,
-        on_release: Optional[Callable[["Pipe"], object]] = None,
+        on_release: Callable[[Pipe], object] | None = None,
     ) -> None:
         # Lazy: nothing here may touch `source`, not even an attribute lookup.
         self._source: Any = source
@@ -116,19 +116,19 @@ class Pipe:
         self._owner: object = owner
         self._on_release = on_release
         self._released = False
-        self._taps: Optional[list[Callable[[Any], object]]] = None
+        self._taps: list[Callable[[Any], object]] | None = None
         self._state = IDLE
         self._pulling = False
-        self._exception: Optional[BaseException] = None
+        self._exception: BaseException | None = None
         self._chunks = 0
         self._nbytes = 0
         self._pushed = False
         self._producer: Any = None
         self._sink: Any = None
-        self._queue: Optional[deque[Any]] = None
+        self._queue: deque[Any] | None = None
         self._queued_bytes = 0
         self._pending_end: object = None
-        self._waiter: Optional[asyncio.Future[None]] = None
+        self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._high_water = DEFAULT_HIGH_WATER
         self._low_water = DEFAULT_LOW_WATER
@@ -138,11 +138,11 @@ class Pipe:
         cls,
         owner: object = None,
         *,
-        producer: Optional[Producer] = None,
-        on_release: Optional[Callable[["Pipe"], object]] = None,
+        producer: Producer | None = None,
+        on_release: Callable[[Pipe], object] | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
-        low_water: Optional[int] = None,
-    ) -> "Pipe":
+        low_water: int | None = None,
+    ) -> Pipe:
         """A pipe fed by a protocol instead of pulled from an async iterable.
 
         ``high_water``/``low_water`` bound the bytes queued for an ``async for`` consumer: the producer is
@@ -183,7 +183,7 @@ class Pipe:
         return self._owner
 
     @property
-    def exception(self) -> Optional[BaseException]:
+    def exception(self) -> BaseException | None:
         """The error an errored pipe met; None otherwise."""
         return self._exception
 
@@ -195,7 +195,7 @@ class Pipe:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} state={self._state} chunks={self._chunks} nbytes={self._nbytes}>"
 
-    def tap(self, observer: Callable[[Any], object]) -> "Pipe":
+    def tap(self, observer: Callable[[Any], object]) -> Pipe:
         """Call ``observer(chunk)`` with each chunk before it is passed on; returns the pipe.
 
         An observer that raises is reported to the event loop's exception handler and the stream goes on.
@@ -247,7 +247,7 @@ class Pipe:
 
     # -- the pull face -----------------------------------------------------------------------------------
 
-    def __aiter__(self) -> "Pipe":
+    def __aiter__(self) -> Pipe:
         return self
 
     def __anext__(self) -> Any:
@@ -338,7 +338,7 @@ class Pipe:
         elif not self._pulling:
             self._release()
 
-    async def __aenter__(self) -> "Pipe":
+    async def __aenter__(self) -> Pipe:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -348,7 +348,7 @@ class Pipe:
         if self._released:
             return
         if self._state is OPEN:
-            warnings.warn(f"unfinished {self!r} was dropped; aclose() it", ResourceWarning, source=self)
+            warnings.warn(f"unfinished {self!r} was dropped; aclose() it", ResourceWarning, stacklevel=2, source=self)
         if self._state is IDLE or self._state is OPEN:
             self._state = CANCELLED
         self._release()
@@ -517,7 +517,7 @@ class Pipe:
                 self._pulling = False
 
 
-def wrap(body: Optional[AsyncIterable[Chunk]], owner: object = None, **options: Any) -> Optional[Pipe]:
+def wrap(body: AsyncIterable[Chunk] | None, owner: object = None, **options: Any) -> Pipe | None:
     """``Pipe(body, owner, **options)``, or None for a bodyless response."""
     if body is None:
         return None

@@ -1,0 +1,66 @@
+# fastpipe developer commands. `make demo` sets everything up and runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EXTRAS := test,bench,lint,aiohttp,httpx,asgi
+STAMP := $(VENV)/.fastpipe-installed
+
+.PHONY: help dev build test test-py test-both bench bench-proxy bench-proxy-quick demo wheel lint typecheck stubtest clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+dev: $(STAMP) build  ## create .venv with every extra and an editable install, compiled Pipe included
+
+build: $(STAMP)  ## (re)compile the Cython extension in place after editing _pipe.pyx
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import fastpipe, sys; print('fastpipe: compiled Pipe loaded' if fastpipe.EXTENSION else sys.exit('fastpipe: compiled Pipe did NOT load'))"
+
+test: dev  ## run the test suite (both Pipe implementations)
+	$(PY) -m pytest
+
+test-py: dev  ## run the test suite with the pure-Python twin only (FASTPIPE_NO_EXTENSIONS=1)
+	FASTPIPE_NO_EXTENSIONS=1 $(PY) -m pytest
+
+bench: dev  ## micro benchmarks of the Pipe (pytest-benchmark) with a summary and a chart
+	mkdir -p benchmarks/results
+	$(PY) -m pytest benchmarks/test_pipe_overhead.py -p no:cacheprovider -o addopts="" \
+		--benchmark-columns=min,median,max --benchmark-json=benchmarks/results/pipe_overhead.json \
+		--chart benchmarks/results/pipe_overhead.png
+
+bench-proxy-quick: dev  ## fastpipe's proxy against a bare uvloop relay, a quick CPU check
+	$(PY) -m benchmarks.proxy_quick
+
+bench-proxy: dev  ## the side-by-side proxy harness against nginx and Python peers (table + chart)
+	$(PY) -m benchmarks.proxy
+
+demo: dev  ## the main job: the owner hazard side by side, then the proxy demo
+	$(VENV)/bin/fastpipe demo
+
+wheel: dev  ## build sdist + wheel, check both, and check the wheel carries the compiled module
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	$(PY) -c "import sys, zipfile, glob; names = zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist(); \
+		sys.exit(0 if any(n.startswith('fastpipe/_pipe.') and n.endswith('.so') for n in names) else 'wheel lacks the compiled Pipe')"
+	@echo "wheel contains the compiled Pipe"
+
+lint: dev  ## ruff on sources, tests and benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src/fastpipe/_pipe_py.py src/fastpipe/_errors.py src/fastpipe/_backend.py
+
+typecheck: dev  ## mypy --strict on the package, and stubtest against the compiled module's stubs
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest fastpipe._pipe --allowlist .stubtest-allowlist
+
+clean:  ## remove build products, caches and the venv
+	rm -rf build dist *.egg-info src/*.egg-info src/fastpipe/*.so src/fastpipe/_pipe.c src/fastpipe/*.html \
+		.pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis benchmarks/results $(VENV)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

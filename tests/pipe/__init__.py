@@ -1,0 +1,1 @@
+"""Contract tests of fastpipe.Pipe, run against both implementations (``py`` and ``c``)."""
