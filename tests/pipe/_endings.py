@@ -2,6 +2,8 @@
 
 Each ending builds a pipe around the given owner and chunks, drives it to its end the way a real consumer
 or producer would, and returns the finished pipe. ``final_state`` is what the contract says it must be.
+Each ending deletes its ``owner`` name right after building the pipe, so that (as in a real gateway) only
+the pipe holds it, and no frame kept by a traceback does. ``chunks`` needs at least two items.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Sequence, Union
 
 from ._support import END, BareSource, RecordingSink, ScriptedSource, Stall, drain, pull
 
-OnRelease = Optional[Callable[[Any], object]]
+OnRelease = Union[Callable[[Any], object], None]
 Run = Callable[[ModuleType, object, Sequence[Any], OnRelease], Awaitable[Any]]
 
 
@@ -29,12 +31,14 @@ class Ending:
 
 async def _eof(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(BareSource(chunks), owner, on_release=on_release)
+    del owner
     await drain(pipe)
     return pipe
 
 
 async def _error(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(ScriptedSource([*chunks, ValueError("upstream reset")]), owner, on_release=on_release)
+    del owner
     try:
         await drain(pipe)
     except ValueError:
@@ -46,6 +50,7 @@ async def _error(impl: ModuleType, owner: object, chunks: Sequence[Any], on_rele
 
 async def _bad_chunk(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(BareSource([*chunks, "not bytes"]), owner, on_release=on_release)
+    del owner
     try:
         await drain(pipe)
     except TypeError:
@@ -55,53 +60,47 @@ async def _bad_chunk(impl: ModuleType, owner: object, chunks: Sequence[Any], on_
     return pipe
 
 
-async def _aclose_before_pull(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _aclose_before_pull(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(ScriptedSource(chunks), owner, on_release=on_release)
+    del owner
     await pipe.aclose()
     return pipe
 
 
-async def _aclose_after_pull(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _aclose_after_pull(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(ScriptedSource(chunks), owner, on_release=on_release)
+    del owner
     await pull(pipe)
     await pipe.aclose()
     return pipe
 
 
-async def _cancel_before_pull(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _cancel_before_pull(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(ScriptedSource(chunks), owner, on_release=on_release)
+    del owner
     pipe.cancel()
     return pipe
 
 
-async def _cancel_after_pull(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _cancel_after_pull(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(ScriptedSource(chunks), owner, on_release=on_release)
+    del owner
     await pull(pipe)
     pipe.cancel()
     return pipe
 
 
-async def _context_manager_exit(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _context_manager_exit(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     async with impl.Pipe(ScriptedSource(chunks), owner, on_release=on_release) as pipe:
+        del owner
         await pull(pipe)
     return pipe
 
 
-async def _consumer_cancelled(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _consumer_cancelled(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     stall = Stall()
     pipe = impl.Pipe(ScriptedSource([*chunks, stall]), owner, on_release=on_release)
+    del owner
     for _ in chunks:
         await pull(pipe)
     task = asyncio.ensure_future(pull(pipe))
@@ -139,6 +138,7 @@ async def _aclose_during_pending_pull(
 ) -> Any:
     stall = Stall()
     pipe = impl.Pipe(ScriptedSource([*chunks[:-1], stall]), owner, on_release=on_release)
+    del owner
     return await _closed_during_pending_pull(impl, chunks, pipe, stall, pipe.aclose)
 
 
@@ -147,6 +147,7 @@ async def _cancel_during_pending_pull(
 ) -> Any:
     stall = Stall()
     pipe = impl.Pipe(ScriptedSource([*chunks[:-1], stall]), owner, on_release=on_release)
+    del owner
 
     async def cancel() -> None:
         pipe.cancel()
@@ -156,6 +157,7 @@ async def _cancel_during_pending_pull(
 
 async def _push_eof(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe.pushed(owner, on_release=on_release)
+    del owner
     for chunk in chunks:
         pipe.feed(chunk)
     pipe.feed_eof()
@@ -165,6 +167,7 @@ async def _push_eof(impl: ModuleType, owner: object, chunks: Sequence[Any], on_r
 
 async def _push_error(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe.pushed(owner, on_release=on_release)
+    del owner
     for chunk in chunks:
         pipe.feed(chunk)
     pipe.feed_error(ConnectionResetError("upstream reset"))
@@ -179,6 +182,7 @@ async def _push_error(impl: ModuleType, owner: object, chunks: Sequence[Any], on
 
 async def _push_cancel(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe.pushed(owner, on_release=on_release)
+    del owner
     for chunk in chunks:
         pipe.feed(chunk)
     await pull(pipe)
@@ -188,6 +192,7 @@ async def _push_cancel(impl: ModuleType, owner: object, chunks: Sequence[Any], o
 
 async def _push_aclose(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe.pushed(owner, on_release=on_release)
+    del owner
     for chunk in chunks:
         pipe.feed(chunk)
     await pipe.aclose()
@@ -198,6 +203,7 @@ async def _push_consumer_cancelled(
     impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
 ) -> Any:
     pipe = impl.Pipe.pushed(owner, on_release=on_release)
+    del owner
     task = asyncio.ensure_future(drain(pipe))
     await asyncio.sleep(0)
     for chunk in chunks:
@@ -213,10 +219,9 @@ async def _push_consumer_cancelled(
     return pipe
 
 
-async def _push_sink(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease, end: Any
-) -> Any:
+async def _push_sink(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease, end: Any) -> Any:
     pipe = impl.Pipe.pushed(owner, on_release=on_release)
+    del owner
     pipe.feed(chunks[0])  # queued before the sink arrives
     pipe.connect(RecordingSink())
     for chunk in chunks[1:]:
@@ -234,15 +239,11 @@ async def _push_sink_eof(impl: ModuleType, owner: object, chunks: Sequence[Any],
     return await _push_sink(impl, owner, chunks, on_release, END)
 
 
-async def _push_sink_error(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _push_sink_error(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     return await _push_sink(impl, owner, chunks, on_release, ConnectionResetError("upstream reset"))
 
 
-async def _push_sink_cancel(
-    impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease
-) -> Any:
+async def _push_sink_cancel(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     return await _push_sink(impl, owner, chunks, on_release, None)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 class _End:
@@ -38,9 +38,9 @@ class Stall:
     """A point in a script where the source waits until the test decides what the read returns."""
 
     def __init__(self) -> None:
-        self._waiter: Optional[asyncio.Future[Any]] = None
+        self._waiter: asyncio.Future[Any] | None = None
         self._reached = asyncio.Event()
-        self.cancelled_with: Optional[BaseException] = None
+        self.cancelled_with: BaseException | None = None
 
     @property
     def pending(self) -> bool:
@@ -150,8 +150,8 @@ class AccessRecordingSource:
 
     def __aiter__(self) -> _ScriptedIterator:
         object.__getattribute__(self, "counts")["__aiter__"] += 1
-        return object.__getattribute__(self, "_inner").__aiter__()
-
+        inner: BareSource = object.__getattribute__(self, "_inner")
+        return inner.__aiter__()
 
 
 def accesses_of(source: AccessRecordingSource) -> list[str]:
@@ -170,13 +170,13 @@ class ReleaseCall:
 
     state: str
     owner_was_none: bool
-    task: Optional[asyncio.Task[Any]]
+    task: asyncio.Task[Any] | None
 
 
 class ReleaseRecorder:
     """An on_release callback that records each call; optionally raises after recording."""
 
-    def __init__(self, raises: Optional[BaseException] = None) -> None:
+    def __init__(self, raises: BaseException | None = None) -> None:
         self.calls: list[ReleaseCall] = []
         self.raises = raises
 
@@ -240,9 +240,9 @@ class RecordingProducer:
 class RecordingSink:
     """A sink that records what it receives; ``on_write`` lets a test act from inside ``write``."""
 
-    def __init__(self, on_write: Optional[Callable[[Any], None]] = None) -> None:
+    def __init__(self, on_write: Callable[[Any], None] | None = None) -> None:
         self.chunks: list[Any] = []
-        self.ends: list[tuple[str, Optional[BaseException], bool]] = []
+        self.ends: list[tuple[str, BaseException | None, bool]] = []
         self.on_write = on_write
 
     def write(self, chunk: Any) -> None:
