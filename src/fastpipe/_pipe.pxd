@@ -64,7 +64,6 @@ cdef class _Pull:
     cdef object _driver             # iterator that drives the awaited read, or the iterator's aclose()
     cdef bint _closing              # _driver is the aclose() that finishes a deferred cancellation
 
-    cdef int _send(self, PyObject* arg, PyObject** presult) except -1
     cdef int _begin(self, Pipe pipe) except -1
     cdef int _outcome(self, int status, PyObject* result, PyObject** presult) except -1
     cdef int _read_failed(self, object error) except -1

@@ -135,6 +135,7 @@ cdef extern from *:
     int PyIter_Send(PyObject* iterator, PyObject* arg, PyObject** presult)
     void Py_DECREF_PTR "Py_DECREF"(PyObject* obj)
     Py_ssize_t Py_REFCNT(object obj)
+    void PyErr_Clear()
     PyObject* Py_None
 
 
@@ -268,8 +269,9 @@ cdef class Pipe:
             if self._spare_pull is None:
                 self._spare_pull = pull
         pull._pipe = self
-        pull._driver = None
-        pull._closing = False
+        if pull._driver is not None:  # a pull abandoned mid-read: start clean
+            pull._driver = None
+            pull._closing = False
         return pull
 
     async def aclose(self):
@@ -506,7 +508,7 @@ cdef class _Pull:
 
     def send(self, value):
         cdef PyObject* result = NULL
-        cdef int status = self._send(<PyObject*>value, &result)
+        cdef int status = _pull_am_send(self, <PyObject*>value, &result)
         out = <object>result
         Py_DECREF_PTR(result)
         if status == PYGEN_NEXT:
@@ -550,23 +552,9 @@ cdef class _Pull:
                 pipe._state = STATE_CANCELLED
                 pipe._release()
 
-    cdef int _send(self, PyObject* arg, PyObject** presult) except -1:
-        cdef PyObject* result = NULL
-        cdef int status
-        cdef Pipe pipe = self._pipe
-        if pipe is None:
-            raise RuntimeError("cannot reuse already awaited __anext__()")
-        if self._driver is None:
-            status = self._begin(pipe)
-            if status != CONTINUE:
-                return status
-            arg = Py_None
-        status = PyIter_Send(<PyObject*>self._driver, arg, &result)
-        return self._outcome(status, result, presult)
-
     cdef int _begin(self, Pipe pipe) except -1:
-        # The start of a pull: refuse a concurrent one, end a finished pipe, then ask for one chunk.
-        cdef PyObject* driver
+        # The cold start of a pull: refuse a concurrent one, end a finished pipe, open an idle one.
+        cdef PyObject* iterator
         if pipe._pulling:
             self._pipe = None
             raise RuntimeError("anext(): Pipe is already being pulled")
@@ -575,19 +563,15 @@ cdef class _Pull:
                 self._pipe = None
                 pipe._raise_finished()
             pipe._state = STATE_OPEN
-        pipe._pulling = True
         if pipe._iterator is None:
-            driver = PyObject_GetAIter(<PyObject*>pipe._source)
-            if driver == NULL:
+            pipe._pulling = True
+            iterator = PyObject_GetAIter(<PyObject*>pipe._source)
+            if iterator == NULL:
                 return self._read_failed(None)
-            pipe._iterator = <object>driver
-            Py_DECREF_PTR(driver)
-        driver = fastpipe_read_driver(<PyObject*>pipe._iterator)
-        if driver == NULL:
-            return self._read_failed(None)
-        self._driver = <object>driver
-        Py_DECREF_PTR(driver)
-        return CONTINUE
+            pipe._iterator = <object>iterator
+            Py_DECREF_PTR(iterator)
+            pipe._pulling = False
+        return 0
 
     cdef int _outcome(self, int status, PyObject* result, PyObject** presult) except -1:
         # What one step of the driver produced: pass a yielded future through, hand back a chunk, or end.
@@ -689,10 +673,45 @@ cdef class _Pull:
         raise StopAsyncIteration
 
 
-cdef int _pull_am_send(object pull, PyObject* arg, PyObject** presult) except -1:
-    # am_send returns PYGEN_RETURN (0), PYGEN_NEXT (1) or PYGEN_ERROR (-1 with the error set): exactly the
-    # return convention of a Cython `except -1` function, so the slot can point straight here.
-    return (<_Pull>pull)._send(arg, presult)
+cdef int _pull_am_send(_Pull pull, PyObject* arg, PyObject** presult) except -1:
+    # The am_send slot. It returns PYGEN_RETURN (0), PYGEN_NEXT (1) or PYGEN_ERROR (-1 with the error set):
+    # exactly the return convention of a Cython `except -1` function, so the slot points straight here.
+    # The hot path is inline: an open pipe whose source answers at once never stores the read's driver.
+    cdef PyObject* result = NULL
+    cdef PyObject* driver
+    cdef int status
+    cdef Py_ssize_t size
+    cdef Pipe pipe
+    if pull._driver is not None:  # resuming a read that was waiting on a future
+        status = PyIter_Send(<PyObject*>pull._driver, arg, &result)
+        return pull._outcome(status, result, presult)
+    pipe = pull._pipe
+    if pipe is None:
+        raise RuntimeError("cannot reuse already awaited __anext__()")
+    if pipe._pulling or pipe._state != STATE_OPEN or pipe._iterator is None:
+        pull._begin(pipe)
+    pipe._pulling = True
+    driver = fastpipe_read_driver(<PyObject*>pipe._iterator)
+    if driver == NULL:
+        return pull._read_failed(None)
+    status = PyIter_Send(driver, Py_None, &result)
+    if status == PYGEN_RETURN and pipe._state == STATE_OPEN:
+        size = fastpipe_chunk_size(result)
+        if size >= 0:
+            Py_DECREF_PTR(driver)
+            pipe._pulling = False
+            pipe.chunks += 1
+            pipe.nbytes += size
+            pull._pipe = None
+            if pipe._taps is not None:
+                pipe._observe(<object>result)
+            presult[0] = result
+            return PYGEN_RETURN
+        if size == -1:
+            PyErr_Clear()  # _outcome measures it again and meets the same error
+    pull._driver = <object>driver
+    Py_DECREF_PTR(driver)
+    return pull._outcome(status, result, presult)
 
 
 fastpipe_install_am_send(<PyObject*>_Pull, <void*>_pull_am_send)
