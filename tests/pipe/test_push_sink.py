@@ -41,6 +41,7 @@ async def test_sink_end_is_called_once_with_the_final_state(impl: ModuleType, en
     del owner
     pipe.connect(sink)
     pipe.feed(b"a")
+    expected: tuple[str, BaseException | None, bool]
     if ending == "eof":
         pipe.feed_eof()
         expected = ("closed", None, True)
