@@ -11,7 +11,8 @@ How it is fast, in three moves (DESIGN.md, "Measured facts"):
 
 1. ``__anext__`` hands out a reused ``_Pull`` awaitable instead of creating a coroutine per chunk.
 2. ``_Pull`` fills the ``am_send`` slot: CPython's ``await`` (3.10, 3.11) drives it with ``PyIter_Send`` and
-   gets the chunk back as a return value; ``__next__``/``send``/``throw``/``close`` remain for every other driver.
+   gets the chunk back as a return value. On 3.12+, where ``await`` calls ``tp_iternext`` instead, that slot
+   is a C function too. ``send``/``throw``/``close`` remain for every other driver.
 3. The source's read is driven with ``PyIter_Send`` and inspected in C; Python-level work happens only on the
    cold paths (first pull, end, error, cancellation, taps).
 """
@@ -90,13 +91,33 @@ cdef extern from *:
         return size;
     }
 
-    static int fastpipe_install_am_send(PyObject *type_object, void *send) {
+    static sendfunc fastpipe_pull_send = NULL;
+
+    static PyObject *fastpipe_pull_iternext(PyObject *self) {
+        /* tp_iternext in C, for interpreters whose `await` does not use am_send (3.12+): the chunk still
+           has to travel inside StopIteration there, but with no Python-level call on the way. */
+        PyObject *result = NULL, *stop;
+        int status = (int)fastpipe_pull_send(self, Py_None, &result);
+        if (status == 1) return result;
+        if (status == -1) return NULL;
+        stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+        Py_DECREF(result);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+        return NULL;
+    }
+
+    static int fastpipe_install_pull_slots(PyObject *type_object, void *send) {
         PyTypeObject *type = (PyTypeObject *)type_object;
         if (type->tp_as_async == NULL) {
             PyErr_SetString(PyExc_SystemError, "fastpipe: _Pull has no tp_as_async to extend");
             return -1;
         }
-        type->tp_as_async->am_send = (sendfunc)send;
+        fastpipe_pull_send = (sendfunc)send;
+        type->tp_as_async->am_send = fastpipe_pull_send;
+        type->tp_iternext = fastpipe_pull_iternext;
         PyType_Modified(type);
         return 0;
     }
@@ -129,7 +150,7 @@ cdef extern from *:
     PyObject* fastpipe_read_driver(PyObject* iterator)
     PyObject* PyObject_GetAIter(PyObject* obj)
     Py_ssize_t fastpipe_chunk_size(PyObject* chunk)
-    int fastpipe_install_am_send(PyObject* type, void* send) except -1
+    int fastpipe_install_pull_slots(PyObject* type, void* send) except -1
     int fastpipe_raise_pending() except -1
     int fastpipe_throw_into(PyObject* driver, PyObject* args, PyObject** presult)
     int PyIter_Send(PyObject* iterator, PyObject* arg, PyObject** presult)
@@ -714,7 +735,7 @@ cdef int _pull_am_send(_Pull pull, PyObject* arg, PyObject** presult) except -1:
     return pull._outcome(status, result, presult)
 
 
-fastpipe_install_am_send(<PyObject*>_Pull, <void*>_pull_am_send)
+fastpipe_install_pull_slots(<PyObject*>_Pull, <void*>_pull_am_send)
 
 
 def wrap(body, owner=None, **options):
