@@ -1,0 +1,95 @@
+"""What the proxy knows about header names, status lines and its own error responses.
+
+Headers are classified once, by their lower-cased name, into a small integer kind; everything the
+proxy does not need to look at is forwarded untouched (name and value bytes as the parser gave them).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Final
+
+__all__ = (
+    "HOP_BY_HOP",
+    "REQUEST_KINDS",
+    "RESPONSE_KINDS",
+    "connection_tokens",
+    "error_response",
+    "status_line",
+)
+
+# Kinds a header can have; 0 (absent from the tables) means "forward as is".
+DROP: Final = 1  # hop-by-hop: never forwarded, nothing to remember
+CONNECTION: Final = 2  # hop-by-hop, and names more hop-by-hop headers
+TRANSFER_ENCODING: Final = 3  # hop-by-hop; the proxy frames each hop itself
+UPGRADE: Final = 4  # hop-by-hop; a request carrying it is refused (501)
+CONTENT_LENGTH: Final = 5  # end-to-end, forwarded, but its value matters
+HOST: Final = 6
+X_FORWARDED_FOR: Final = 7  # the peer address is appended to it
+X_FORWARDED_SET: Final = 8  # X-Forwarded-Proto/-Host: the proxy sets its own
+
+# RFC 9110 §7.6.1 plus the de-facto ones (Keep-Alive, Proxy-Connection).
+HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+
+_COMMON: Final = {
+    b"connection": CONNECTION,
+    b"keep-alive": DROP,
+    b"proxy-connection": DROP,
+    b"te": DROP,
+    b"trailer": DROP,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"upgrade": UPGRADE,
+    b"content-length": CONTENT_LENGTH,
+}
+REQUEST_KINDS: Final = {
+    **_COMMON,
+    b"host": HOST,
+    b"x-forwarded-for": X_FORWARDED_FOR,
+    b"x-forwarded-proto": X_FORWARDED_SET,
+    b"x-forwarded-host": X_FORWARDED_SET,
+}
+RESPONSE_KINDS: Final = dict(_COMMON)
+
+# Connection options the parser already acts on; anything else names a header to drop.
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """Header names a Connection value lists besides its own options (lower-cased)."""
+    names = []
+    for token in value.split(b","):
+        token = token.strip().lower()
+        if token and token not in _CONNECTION_OPTIONS:
+            names.append(token)
+    return names
+
+
+def _reason(code: int) -> bytes:
+    try:
+        return HTTPStatus(code).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+_STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code)) for code in range(100, 600)}
+
+
+def status_line(code: int) -> bytes:
+    """``HTTP/1.1 <code> <standard reason>\\r\\n``; the proxy speaks its own version to clients."""
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = b"HTTP/1.1 %d \r\n" % code
+    return line
+
+
+def error_response(code: int, detail: str = "") -> bytes:
+    """A complete, closing response the proxy sends on its own behalf (bad input, upstream faults)."""
+    text = f"{code} {_reason(code).decode('ascii')}" + (f": {detail}" if detail else "") + "\n"
+    body = text.encode("utf-8", "replace")
+    return (
+        status_line(code)
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )

@@ -1,0 +1,177 @@
+"""One reverse proxy: what its client connections share, and ``start_proxy`` to serve it.
+
+A :class:`Proxy` holds the limits, the upstream address and connection pool, the deadline sweep, the
+live client connections and the exchange hook. Calling it makes a :class:`ProxyProtocol`, so it is the
+protocol factory handed to ``loop.create_server``. It binds to the running loop on first use and installs
+no signal handlers: the CLI does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+from .deadlines import DeadlineSweep
+from .exchange import Exchange
+from .limits import Limits
+from .record import ExchangeHook, ExchangeRecord, access_logger, format_access_line
+from .server import ProxyProtocol
+from .upstream import UpstreamAddress, UpstreamPool, parse_upstream
+
+__all__ = ("Proxy", "proxy_of", "shutdown_proxy", "start_proxy")
+
+
+class Proxy:
+    """The shared state of one reverse proxy; call it to make a client protocol."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        limits: Limits | None = None,
+        on_exchange: ExchangeHook | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.address: UpstreamAddress = parse_upstream(upstream)
+        self.limits = limits if limits is not None else Limits()
+        if on_exchange is not None and not callable(on_exchange):
+            raise TypeError(f"on_exchange must be callable, got {type(on_exchange).__name__}")
+        self.on_exchange = on_exchange
+        self.access_log = access_log
+        self.recording = on_exchange is not None or access_log
+        self.host_line = b"Host: " + self.address.host_header + b"\r\n"
+        self.connections: set[ProxyProtocol] = set()
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: UpstreamPool | None = None
+        self._sweep: DeadlineSweep | None = None
+
+    def __call__(self) -> ProxyProtocol:
+        return ProxyProtocol(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Proxy upstream={self.address.host}:{self.address.port} connections={len(self.connections)}"
+            f"{' draining' if self.draining else ''}>"
+        )
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            self._pool = UpstreamPool(self.address, self.limits, loop)
+            self._sweep = DeadlineSweep(loop, self.limits.shortest_timeout)
+        return loop
+
+    @property
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            self.loop  # noqa: B018 - binds the pool to the running loop
+        assert self._pool is not None
+        return self._pool
+
+    def register(self, connection: ProxyProtocol) -> None:
+        self.connections.add(connection)
+        assert self._sweep is not None
+        self._sweep.add(connection)
+
+    def unregister(self, connection: ProxyProtocol) -> None:
+        self.connections.discard(connection)
+        if self._sweep is not None:
+            self._sweep.discard(connection)
+
+    def record(self, exchange: Exchange, reason: str, now: float, client: str, pipe: Any) -> None:
+        """Make the exchange's record and hand it to the hook and the access log."""
+        record = ExchangeRecord(
+            client=client,
+            method=exchange.method.decode("latin-1"),
+            target=exchange.target.decode("latin-1"),
+            status=exchange.status,
+            upstream_status=exchange.upstream_status,
+            ttfb=exchange.first_byte - exchange.started if exchange.first_byte else None,
+            duration=now - exchange.started,
+            request_bytes=exchange.request_bytes,
+            request_chunks=exchange.request_chunks,
+            response_bytes=pipe.nbytes if pipe is not None else 0,
+            response_chunks=pipe.chunks if pipe is not None else 0,
+            end=reason,
+        )
+        hook = self.on_exchange
+        if hook is not None:
+            try:
+                hook(record)
+            except Exception as exc:
+                self.loop.call_exception_handler(
+                    {"message": "fastpipe: on_exchange hook failed", "exception": exc, "record": record}
+                )
+        if self.access_log:
+            access_logger.info(format_access_line(record))
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Close idle connections now, let in-flight responses finish for ``grace`` seconds, cut the rest."""
+        if grace is None:
+            grace = self.limits.shutdown_grace
+        loop = self.loop
+        self.draining = True
+        for connection in list(self.connections):
+            connection.drain()
+        deadline = loop.time() + grace
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        for connection in list(self.connections):
+            connection.cut()
+        self.pool.close()
+        # Let the transports deliver connection_lost before the caller closes the loop.
+        for _ in range(100):
+            if not self.connections and not self.pool.open:
+                break
+            await asyncio.sleep(0.01)
+        if self._sweep is not None:
+            self._sweep.close()
+
+
+_PROXIES: weakref.WeakKeyDictionary[Any, Proxy] = weakref.WeakKeyDictionary()
+
+
+async def start_proxy(
+    upstream: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    on_exchange: ExchangeHook | None = None,
+    access_log: bool = False,
+    reuse_port: bool = False,
+    **limits: Any,
+) -> asyncio.Server:
+    """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``) on ``host:port`` in the running loop.
+
+    ``port=0`` picks a free port (``server.sockets[0].getsockname()[1]``). ``limits`` are the keyword
+    arguments of :class:`~fastpipe.http.limits.Limits` (timeouts, sizes, pool size, write marks).
+    ``on_exchange(record)`` is called with an :class:`ExchangeRecord` as each exchange ends;
+    ``access_log=True`` writes one line per exchange to the ``fastpipe.access`` logger. Works in any
+    running loop, in any thread; installs no signal handlers. Stop it with :func:`shutdown_proxy`.
+    """
+    proxy = Proxy(upstream, limits=Limits.from_options(limits), on_exchange=on_exchange, access_log=access_log)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(proxy, host, port, reuse_port=reuse_port or None)
+    _PROXIES[server] = proxy
+    return server
+
+
+def proxy_of(server: asyncio.AbstractServer) -> Proxy:
+    """The :class:`Proxy` behind a server made by :func:`start_proxy`."""
+    try:
+        return _PROXIES[server]
+    except KeyError:
+        raise ValueError(f"{server!r} was not made by start_proxy()") from None
+
+
+async def shutdown_proxy(server: asyncio.AbstractServer, grace: float | None = None) -> None:
+    """Graceful shutdown: stop accepting, close idle keep-alive connections, let in-flight responses
+    finish for ``grace`` seconds (default: the ``shutdown_grace`` limit), cut the rest, close the pool."""
+    proxy = proxy_of(server)
+    server.close()
+    await proxy.shutdown(grace)
+    await server.wait_closed()

@@ -1,0 +1,68 @@
+"""The record of one exchange, made when it ends, and the access log line written from it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Final
+
+__all__ = (
+    "CLIENT_GONE",
+    "COMPLETE",
+    "REJECTED",
+    "SHUTDOWN",
+    "TIMEOUT",
+    "UPSTREAM_ERROR",
+    "ExchangeHook",
+    "ExchangeRecord",
+    "access_logger",
+    "format_access_line",
+)
+
+# Why an exchange ended.
+COMPLETE: Final = "complete"  # the whole response reached the client's transport
+CLIENT_GONE: Final = "client gone"  # the client disconnected first
+UPSTREAM_ERROR: Final = "upstream error"  # refused, reset, malformed or cut mid-body
+TIMEOUT: Final = "timeout"  # connect or response-head timeout
+SHUTDOWN: Final = "shutdown"  # cut at the graceful-shutdown deadline
+REJECTED: Final = "rejected"  # the proxy answered itself (bad request, body too large)
+
+
+@dataclass(frozen=True)
+class ExchangeRecord:
+    """What happened to one request/response exchange; times in seconds.
+
+    ``ttfb`` is from the end of the request head to the first response byte handed to the client's
+    transport (None if none was); ``status`` is what the client got (None if nothing), and
+    ``upstream_status`` what the upstream said (None if it never answered).
+    """
+
+    client: str
+    method: str
+    target: str
+    status: int | None
+    upstream_status: int | None
+    ttfb: float | None
+    duration: float
+    request_bytes: int
+    request_chunks: int
+    response_bytes: int
+    response_chunks: int
+    end: str
+
+
+ExchangeHook = Callable[[ExchangeRecord], object]
+
+access_logger: Final = logging.getLogger("fastpipe.access")
+
+
+def format_access_line(record: ExchangeRecord) -> str:
+    """One line per exchange, in a shape close to the common log format plus the stream facts."""
+    ttfb = "-" if record.ttfb is None else f"{record.ttfb * 1000:.2f}ms"
+    status = "-" if record.status is None else str(record.status)
+    upstream = "-" if record.upstream_status is None else str(record.upstream_status)
+    return (
+        f'{record.client} "{record.method} {record.target}" {status} upstream={upstream} '
+        f"in={record.request_bytes}B/{record.request_chunks} out={record.response_bytes}B/{record.response_chunks} "
+        f"ttfb={ttfb} dur={record.duration * 1000:.2f}ms end={record.end}"
+    )

@@ -1,0 +1,650 @@
+"""The client-facing protocol: parse requests, hand each to an upstream connection, serve the response Pipe.
+
+One ``ProxyProtocol`` per client connection. Its hot path has no coroutine and no task: the request head is
+rebuilt inside httptools' callbacks and written to a pooled upstream connection; the response body arrives
+through a pushed Pipe whose sink is this protocol (``write`` per chunk, ``end`` once). Flow control both
+ways: the client transport's ``pause_writing``/``resume_writing`` pause and resume the Pipe's producer (the
+upstream transport), and the upstream's write buffer pauses reading from the client while a request body
+streams. Pipelined requests queue behind the one in flight and are answered in order.
+
+Reading from the client is paused for any of a few reasons at once (a bit each), and resumed only when
+none is left, so one reason ending never lifts another's pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from time import monotonic as _now
+from typing import TYPE_CHECKING, Any
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from . import headers as h
+from .exchange import Exchange
+from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPSTREAM_ERROR
+
+if TYPE_CHECKING:
+    from .limits import Limits
+    from .proxy import Proxy
+    from .record import ExchangeHook
+    from .upstream import UpstreamConnection
+
+__all__ = ("ProxyProtocol",)
+
+# Why reading from the client is paused (bits).
+_QUEUED = 1  # a pipelined request waits behind the one in flight
+_BUFFERED = 2  # request body piles up while no upstream connection is ready
+_UPSTREAM_FULL = 4  # the upstream's write buffer is over its high-water mark
+_STOPPED = 8  # nothing more will be read (Connection: close, rejected, closing)
+
+# What the connection's deadline is for.
+_NO_DEADLINE = 0
+_HEADER = 1  # a request head must complete
+_IDLE = 2  # a keep-alive connection waits for its next request
+_UPSTREAM = 3  # the upstream must send its response head
+
+
+class _Reject(Exception):
+    """Raised in a parser callback: answer ``status`` and close."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _StopParsing(Exception):
+    """Raised in a parser callback after a request that ends the connection: read nothing after it."""
+
+
+class ProxyProtocol(asyncio.Protocol):
+    """The protocol of one client connection of a reverse proxy.
+
+    Made by a :class:`~fastpipe.http.proxy.Proxy`, which holds what connections share (limits, the upstream
+    pool, the deadline sweep). To serve it yourself::
+
+        factory = ProxyProtocol.factory("http://127.0.0.1:8000", max_body_size=10_000_000)
+        server = await loop.create_server(factory, "127.0.0.1", 8080)
+    """
+
+    __slots__ = (
+        "_active",
+        "_blocked",
+        "_deadline_kind",
+        "_deferred_reject",
+        "_forwarded",
+        "_head_began",
+        "_head_bytes",
+        "_head_size",
+        "_in_head",
+        "_limits",
+        "_loop",
+        "_lost",
+        "_max_body",
+        "_parser",
+        "_parsing",
+        "_peer",
+        "_peer_bytes",
+        "_pending_head",
+        "_pipe",
+        "_proxy",
+        "_queue",
+        "_transport",
+        "_write_paused",
+        "deadline",
+    )
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+        self._limits: Limits = proxy.limits
+        self._max_body = proxy.limits.max_body_size
+        self._loop = proxy.loop
+        self._parser = HttpRequestParser(self)
+        self._transport: Any = None
+        self._peer = "-"
+        self._peer_bytes = b"-"
+        self._forwarded = b""
+        self._parsing: Exchange | None = None  # the request being parsed
+        self._active: Exchange | None = None  # the exchange being answered
+        self._queue: deque[Exchange] | None = None  # parsed, waiting behind the active one
+        self._pipe: Any = None  # the active response body
+        self._pending_head: bytes | None = None  # response head not yet written (goes with the first chunk)
+        self._write_paused = False
+        self._blocked = 0
+        self._lost = False
+        self._deferred_reject: tuple[int, str] | None = None
+        self._in_head = False
+        self._head_began = False
+        self._head_bytes = 0
+        self._head_size = 0
+        self.deadline = 0.0
+        self._deadline_kind = _NO_DEADLINE
+
+    @classmethod
+    def factory(
+        cls,
+        upstream: str,
+        *,
+        on_exchange: ExchangeHook | None = None,
+        access_log: bool = False,
+        **limits: Any,
+    ) -> Proxy:
+        """A protocol factory for ``loop.create_server``: one shared pool and set of limits."""
+        from .limits import Limits
+        from .proxy import Proxy
+
+        return Proxy(upstream, limits=Limits.from_options(limits), on_exchange=on_exchange, access_log=access_log)
+
+    def __repr__(self) -> str:
+        return f"<ProxyProtocol peer={self._peer} active={self._active!r}>"
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        limits = self._limits
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=limits.write_high_water, low=limits.write_low_water
+        )
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
+        self._peer_bytes = self._peer.encode("ascii", "replace")
+        self._forwarded = b"X-Forwarded-For: " + self._peer_bytes + b"\r\nX-Forwarded-Proto: http\r\n"
+        self.deadline = _now() + limits.header_timeout
+        self._deadline_kind = _HEADER
+        self._proxy.register(self)
+        if self._proxy.draining:
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.deadline = 0.0
+        self._proxy.unregister(self)
+        self._queue = None
+        self._parsing = None
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.cancel()  # releases the owner (the upstream connection closes) and calls self.end
+            return
+        exchange = self._active
+        if exchange is not None:
+            upstream = exchange.upstream
+            exchange.upstream = None
+            if upstream is not None:
+                upstream.abandon()
+            self._finish(exchange, exchange.end_reason or CLIENT_GONE)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.pause_producing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.resume_producing()
+
+    def data_received(self, data: bytes) -> None:
+        if self._blocked & _STOPPED:
+            return
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _StopParsing):
+                return
+            if isinstance(cause, _Reject):
+                self._reject(cause.status, cause.detail)
+                return
+            raise
+        except HttpParserUpgrade:
+            self._reject(501, "protocol upgrades are not supported")
+            return
+        except HttpParserError as exc:
+            self._reject(400, str(exc) or "malformed request")
+            return
+        if self._in_head:
+            # A head still incomplete: bound what the parser may be holding for it.
+            if self._head_began:
+                self._head_began = False
+            else:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._limits.max_header_size:
+                    self._reject(431, "request head too large")
+
+    # -- request parser callbacks (httptools) ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        exchange = Exchange(self)
+        self._parsing = exchange
+        now = _now()
+        exchange.started = now
+        self._in_head = True
+        self._head_began = True
+        self._head_bytes = 0
+        self._head_size = 0
+        if self._active is None:
+            self.deadline = now + self._limits.header_timeout
+            self._deadline_kind = _HEADER
+
+    def on_url(self, url: bytes) -> None:
+        exchange = self._parsing
+        assert exchange is not None
+        exchange.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self._parsing
+        assert exchange is not None
+        self._head_size += len(name) + len(value) + 4
+        kind = h.REQUEST_KINDS.get(name.lower())
+        if kind is None:
+            exchange.parts += (name, b": ", value, b"\r\n")  # type: ignore[operator]
+        elif kind == h.HOST:
+            if exchange.host is not None:
+                raise _Reject(400, "more than one Host header")
+            exchange.host = value
+            if not self._limits.rewrite_host:
+                exchange.parts += (name, b": ", value, b"\r\n")  # type: ignore[operator]
+        elif kind == h.CONTENT_LENGTH:
+            exchange.content_length = int(value)
+            exchange.parts += (name, b": ", value, b"\r\n")  # type: ignore[operator]
+        elif kind == h.X_FORWARDED_FOR:
+            xff = exchange.xff
+            exchange.xff = value if xff is None else xff + b", " + value
+        elif kind == h.TRANSFER_ENCODING:
+            te = exchange.transfer_encoding
+            exchange.transfer_encoding = value if te is None else te + b"," + value
+        elif kind == h.CONNECTION:
+            names = h.connection_tokens(value)
+            if names:
+                exchange.connection_names = (exchange.connection_names or []) + names
+        elif kind == h.UPGRADE:
+            exchange.upgrade = True
+        # DROP and X_FORWARDED_SET: not forwarded
+
+    def on_headers_complete(self) -> None:
+        exchange = self._parsing
+        assert exchange is not None
+        self._in_head = False
+        limits = self._limits
+        if self._head_size + len(exchange.target) > limits.max_header_size:
+            raise _Reject(431, "request head too large")
+        parser = self._parser
+        method: bytes = parser.get_method()
+        exchange.method = method
+        if exchange.upgrade or method == b"CONNECT":
+            raise _Reject(501, "Upgrade and CONNECT are not supported by this proxy")
+        http10 = parser.get_http_version() != "1.1"
+        exchange.http10 = http10
+        te = exchange.transfer_encoding
+        if te is not None:
+            if http10:
+                raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if te.strip().lower() != b"chunked":
+                raise _Reject(501, "transfer codings other than chunked are not supported")
+            exchange.chunked = True
+        elif exchange.host is None and not http10:
+            raise _Reject(400, "HTTP/1.1 request without Host")
+        if self._max_body is not None and exchange.content_length > self._max_body:
+            raise _Reject(413, f"request body over {self._max_body} bytes")
+        exchange.keep_alive = parser.should_keep_alive()
+        exchange.head_only = method == b"HEAD"
+        exchange.head = self._upstream_head(exchange, method, http10)
+        if self._active is None:
+            self._start(exchange)
+        else:
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(exchange)
+            self._block(_QUEUED)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        assert exchange is not None
+        size = len(body)
+        received = exchange.request_body_bytes + size
+        exchange.request_body_bytes = received
+        if self._max_body is not None and received > self._max_body:
+            raise _Reject(413, f"request body over {self._max_body} bytes")
+        if exchange.chunked:
+            body = b"%x\r\n" % size + body + b"\r\n"
+        self._send_body(exchange, body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        assert exchange is not None
+        self._parsing = None
+        exchange.request_done = True
+        if exchange.chunked:
+            self._send_body(exchange, b"0\r\n\r\n")
+        if not exchange.keep_alive:
+            self._block(_STOPPED)
+            raise _StopParsing
+
+    # -- request side ----------------------------------------------------------------------------------
+
+    def _upstream_head(self, exchange: Exchange, method: bytes, http10: bool) -> bytes:
+        parts = exchange.parts
+        assert parts is not None
+        exchange.parts = None
+        parts[0] = method + b" " + exchange.target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n")
+        if exchange.connection_names is not None:
+            dropped = set(exchange.connection_names)
+            kept = [parts[0]]
+            for index in range(1, len(parts), 4):
+                if parts[index].lower() not in dropped:
+                    kept += parts[index : index + 4]
+            parts = kept
+        host = exchange.host
+        if host is None or self._limits.rewrite_host:
+            parts.append(self._proxy.host_line)
+        xff = exchange.xff
+        if xff is None:
+            parts.append(self._forwarded)
+        else:
+            parts.append(b"X-Forwarded-For: " + xff + b", " + self._peer_bytes + b"\r\nX-Forwarded-Proto: http\r\n")
+        if host is not None:
+            parts.append(b"X-Forwarded-Host: " + host + b"\r\n")
+        if exchange.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if http10:
+            # An HTTP/1.0 client cannot take a chunked response, so the upstream is asked in 1.0 too
+            # (the documented downgrade); keep-alive is still requested to keep the pool warm.
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _send_body(self, exchange: Exchange, piece: bytes) -> None:
+        exchange.request_bytes += len(piece)
+        exchange.request_chunks += 1
+        upstream = exchange.upstream
+        if upstream is not None:
+            upstream.send(piece)
+            return
+        pending = exchange.body_pending
+        if pending is None:
+            exchange.body_pending = [piece]
+        else:
+            pending.append(piece)
+        exchange.body_pending_size += len(piece)
+        if exchange.body_pending_size > self._limits.write_high_water:
+            self._block(_BUFFERED)
+
+    def _start(self, exchange: Exchange) -> None:
+        self._active = exchange
+        connection = self._proxy.pool.acquire()
+        if connection is None:
+            self.deadline = 0.0  # the connect timeout covers this stage
+            self._deadline_kind = _NO_DEADLINE
+            self._proxy.pool.connect_for(exchange)
+            return
+        self.deadline = _now() + self._limits.upstream_timeout
+        self._deadline_kind = _UPSTREAM
+        connection.begin(exchange)
+
+    # -- called by the upstream side -------------------------------------------------------------------
+
+    def upstream_ready(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """A new upstream connection for ``exchange`` is open."""
+        if exchange is not self._active or self._lost:
+            self._proxy.pool.release(connection)
+            return
+        self.deadline = _now() + self._limits.upstream_timeout
+        self._deadline_kind = _UPSTREAM
+        connection.begin(exchange)
+
+    def upstream_unavailable(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
+        """No response head will come for ``exchange``: answer ``status`` on the proxy's behalf."""
+        if exchange is self._active:
+            self._fail_exchange(exchange, status, reason, detail)
+
+    def upstream_lost(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """The upstream closed before any response head."""
+        if exchange is not self._active or self._lost:
+            return
+        bodyless = exchange.content_length <= 0 and not exchange.chunked and exchange.request_done
+        if connection.reused and not connection.got_bytes and bodyless and not exchange.retried:
+            # A pooled connection the upstream had just closed: the request never reached it.
+            exchange.retried = True
+            self.deadline = 0.0
+            self._deadline_kind = _NO_DEADLINE
+            self._proxy.pool.connect_for(exchange)
+            return
+        self._fail_exchange(exchange, 502, UPSTREAM_ERROR, "the upstream closed the connection without responding")
+
+    def upstream_write_paused(self) -> None:
+        self._block(_UPSTREAM_FULL)
+
+    def upstream_write_resumed(self) -> None:
+        self._unblock(_UPSTREAM_FULL)
+
+    def upstream_body_flushed(self) -> None:
+        self._unblock(_BUFFERED)
+
+    def write_interim(self, head: bytes) -> None:
+        """A 1xx response (100 Continue, 103 Early Hints) goes out at once."""
+        if not self._lost:
+            self._transport.write(head)
+
+    def start_response(self, exchange: Exchange, pipe: Any, parts: list[bytes], close_delimited: bool) -> None:
+        """The upstream's response head arrived: finish the client's head, connect the body's Pipe."""
+        keep_alive = exchange.keep_alive and not close_delimited and not self._proxy.draining
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif exchange.http10:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        exchange.client_keep_alive = keep_alive
+        exchange.close_delimited = close_delimited
+        exchange.status = exchange.upstream_status
+        exchange.first_byte = _now()
+        if self._deadline_kind == _UPSTREAM:
+            self.deadline = 0.0
+            self._deadline_kind = _NO_DEADLINE
+        self._pending_head = b"".join(parts)
+        self._pipe = pipe
+        if self._write_paused:
+            pipe.pause_producing()
+        pipe.connect(self)
+
+    def flush_head(self, exchange: Exchange) -> None:
+        """Send a response head that no body chunk carried out (the head came alone)."""
+        head = self._pending_head
+        if head is not None and exchange is self._active:
+            self._pending_head = None
+            self._transport.write(head)
+
+    # -- the Pipe's sink -------------------------------------------------------------------------------
+
+    def write(self, chunk: Any) -> None:
+        head = self._pending_head
+        if head is None:
+            self._transport.write(chunk)
+        else:
+            self._pending_head = None
+            self._transport.writelines((head, chunk))
+
+    def end(self, pipe: Any) -> None:
+        exchange = self._active
+        if exchange is None or exchange.pipe is not pipe:
+            return
+        self._pipe = None
+        state = pipe.state
+        if state == "closed":
+            head = self._pending_head
+            if head is not None:
+                self._pending_head = None
+                self._transport.write(head)
+            self._finish(exchange, COMPLETE)
+            return
+        reason = exchange.end_reason
+        if reason is None:
+            reason = CLIENT_GONE if state == "cancelled" else UPSTREAM_ERROR
+        if self._pending_head is not None:
+            # Not one byte of this response went out: the client can still get a clean 502.
+            self._pending_head = None
+            exchange.status = 502
+            if not self._lost:
+                self._transport.write(h.error_response(502, "the upstream response broke off"))
+            self._close()
+        elif self._lost:
+            pass
+        elif exchange.close_delimited or reason == SHUTDOWN:
+            # A plain close would read as the end of a close-delimited body (and could wait on a
+            # client that reads nothing): reset instead.
+            self._transport.abort()
+        else:
+            # Fewer bytes than Content-Length, or no last chunk, then the close: a visible truncation.
+            self._close()
+        self._finish(exchange, reason)
+
+    # -- ending exchanges and connections --------------------------------------------------------------
+
+    def _finish(self, exchange: Exchange, reason: str) -> None:
+        self._active = None
+        now = _now()
+        if self._proxy.recording:
+            pipe = exchange.pipe
+            self._proxy.record(exchange, reason, now, self._peer, pipe)
+        if self._blocked & _UPSTREAM_FULL:
+            self._unblock(_UPSTREAM_FULL)
+        if self._lost:
+            return
+        if (
+            reason is not COMPLETE
+            or not exchange.client_keep_alive
+            or not exchange.request_done
+            or self._proxy.draining
+        ):
+            self._close()
+            return
+        deferred = self._deferred_reject
+        if deferred is not None:
+            self._send_error(*deferred)
+            return
+        queue = self._queue
+        if queue:
+            following = queue.popleft()
+            if not queue:
+                self._unblock(_QUEUED)
+            self._start(following)
+            return
+        if self._in_head:
+            self.deadline = now + self._limits.header_timeout
+            self._deadline_kind = _HEADER
+        else:
+            self.deadline = now + self._limits.idle_timeout
+            self._deadline_kind = _IDLE
+
+    def _fail_exchange(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
+        """End an exchange that has no response yet with the proxy's own ``status``."""
+        exchange.end_reason = reason
+        exchange.status = status
+        if not self._lost:
+            self._transport.write(h.error_response(status, detail))
+        self._close()
+        self._finish(exchange, reason)
+
+    def _reject(self, status: int, detail: str) -> None:
+        """Bad input: answer ``status`` (in order, after any response in flight) and close."""
+        self._block(_STOPPED)
+        rejected = self._parsing
+        self._parsing = None
+        self._queue = None
+        active = self._active
+        if rejected is not None and rejected is not active:
+            rejected.status = status
+            if self._proxy.recording:
+                self._proxy.record(rejected, REJECTED, _now(), self._peer, None)
+        if active is None:
+            self._send_error(status, detail)
+        elif active is rejected:
+            # Mid-body (e.g. over max_body_size): the upstream must not get the rest.
+            upstream = active.upstream
+            active.upstream = None
+            if upstream is not None:
+                upstream.abandon()
+            active.end_reason = REJECTED
+            pipe = self._pipe
+            if pipe is not None:
+                pipe.cancel()
+            else:
+                self._fail_exchange(active, status, REJECTED, detail)
+        else:
+            self._deferred_reject = (status, detail)
+
+    def _send_error(self, status: int, detail: str) -> None:
+        if not self._lost:
+            self._transport.write(h.error_response(status, detail))
+        self._close()
+
+    def _close(self) -> None:
+        self.deadline = 0.0
+        self._blocked |= _STOPPED
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def _block(self, reason: int) -> None:
+        if not self._blocked and not self._lost:
+            self._transport.pause_reading()
+        self._blocked |= reason
+
+    def _unblock(self, reason: int) -> None:
+        blocked = self._blocked & ~reason
+        self._blocked = blocked
+        if not blocked and not self._lost:
+            self._transport.resume_reading()
+
+    # -- deadlines and shutdown (called by the Proxy) --------------------------------------------------
+
+    def deadline_expired(self, now: float) -> None:
+        kind = self._deadline_kind
+        self._deadline_kind = _NO_DEADLINE
+        if kind == _HEADER:
+            if self._in_head:
+                self._reject(408, "request head not received in time")
+            else:
+                self._close()
+        elif kind == _IDLE:
+            self._close()
+        elif kind == _UPSTREAM:
+            exchange = self._active
+            if exchange is None or exchange.pipe is not None:
+                return
+            upstream = exchange.upstream
+            exchange.upstream = None
+            if upstream is not None:
+                upstream.abandon()
+            self._fail_exchange(exchange, 504, TIMEOUT, "the upstream did not answer in time")
+
+    @property
+    def busy(self) -> bool:
+        """An exchange is in flight (or queued)."""
+        return self._active is not None or bool(self._queue)
+
+    def drain(self) -> None:
+        """Graceful shutdown began: close now if idle, else after the response in flight."""
+        if not self.busy:
+            self._close()
+
+    def cut(self) -> None:
+        """The shutdown grace is over: end whatever is still in flight, saying why."""
+        exchange = self._active
+        if exchange is not None:
+            exchange.end_reason = SHUTDOWN
+            pipe = self._pipe
+            if pipe is not None:
+                pipe.cancel()
+            else:
+                upstream = exchange.upstream
+                exchange.upstream = None
+                if upstream is not None:
+                    upstream.abandon()
+                self._fail_exchange(exchange, 503, SHUTDOWN, "the proxy is shutting down")
+        if self._transport is not None and not self._lost:
+            self._transport.abort()
+

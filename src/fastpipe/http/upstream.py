@@ -1,0 +1,596 @@
+"""The upstream side: the protocol of one keep-alive connection to the origin, and the pool of idle ones.
+
+A connection serves one exchange at a time. It writes the request head (and body, fed by the client side),
+parses the response head with httptools, then streams the body into the exchange's Pipe. Where the body's
+framing is passed on unchanged (Content-Length, or chunked to an HTTP/1.1 client) the pieces fed are the
+very bytes objects the socket delivered, sliced only where the message ends: the parser only tracks that
+end (for chunked) and never copies the body. ``CopyingUpstreamConnection`` forwards the parser's body
+copies instead; it exists to measure what zero-copy saves.
+
+When the body's Pipe is released, the connection goes back to the pool if the message was complete, both
+sides wanted keep-alive and nothing else arrived; otherwise it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+from urllib.parse import urlsplit
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+
+from .._backend import Pipe
+from . import headers as h
+from .record import TIMEOUT, UPSTREAM_ERROR
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+    from .limits import Limits
+
+__all__ = (
+    "CopyingUpstreamConnection",
+    "UpstreamAddress",
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamPool",
+    "parse_upstream",
+)
+
+# What the connection is reading.
+HEAD = 0  # (the rest of) a response head
+LENGTH = 1  # a Content-Length body, passed through
+CHUNKED = 2  # a chunked body, passed through as chunked
+EMPTY = 3  # nothing: HEAD request, 204, 304
+UNTIL_CLOSE = 4  # a body that ends when the upstream closes, passed raw to a client that learns the end the same way
+ENCODE = 5  # a body that ends when the upstream closes, re-framed as chunked for an HTTP/1.1 client
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class UpstreamError(ConnectionError):
+    """The upstream broke the exchange: reset, closed early, or sent something that is not HTTP/1.1."""
+
+
+class _BadResponse(Exception):
+    """Raised inside a parser callback to stop at a response the proxy must not pass on."""
+
+
+class _ExtraBytes(Exception):
+    """Raised inside a parser callback when bytes follow a complete response."""
+
+
+@dataclass(frozen=True)
+class UpstreamAddress:
+    host: str
+    port: int
+    host_header: bytes  # the upstream's own ``host[:port]``, for rewrite_host and HTTP/1.0 clients
+
+
+def parse_upstream(url: str) -> UpstreamAddress:
+    """``http://HOST:PORT`` (or ``HOST:PORT``) → address; other schemes or a path are errors."""
+    if not isinstance(url, str):
+        raise TypeError(f"upstream must be a str like 'http://127.0.0.1:8000', got {type(url).__name__}")
+    parts = urlsplit(url if "//" in url else f"http://{url}")
+    if parts.scheme != "http":
+        raise ValueError(f"upstream {url!r}: only http:// upstreams are supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"upstream {url!r}: a path prefix is not supported, give http://HOST:PORT")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ValueError(f"upstream {url!r}: {exc}") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"upstream {url!r}: no host")
+    shown = f"[{host}]" if ":" in host else host
+    header = shown if port == 80 else f"{shown}:{port}"
+    return UpstreamAddress(host, port, header.encode("idna"))
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the upstream; serves one exchange at a time."""
+
+    __slots__ = (
+        "_content_length",
+        "_desync",
+        "_drop_names",
+        "_exchange",
+        "_head_buf",
+        "_interim",
+        "_keep_alive",
+        "_message_done",
+        "_mode",
+        "_parser",
+        "_parts",
+        "_pool",
+        "_released_callback",
+        "_remaining",
+        "_reusable",
+        "_scan",
+        "_transfer_encoding",
+        "_transport",
+        "_write_paused",
+        "closed",
+        "got_bytes",
+        "reused",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._parser = HttpResponseParser(self)
+        self._transport: Any = None
+        self._exchange: Exchange | None = None
+        self._mode = HEAD
+        self._head_buf = b""
+        self._scan = 0
+        self._parts: list[bytes] = [b""]
+        self._content_length = -1
+        self._transfer_encoding: bytes | None = None
+        self._drop_names: list[bytes] | None = None
+        self._interim = False
+        self._message_done = False
+        self._desync = False
+        self._keep_alive = False
+        self._remaining = 0
+        self._reusable = False
+        self._write_paused = False
+        self._released_callback = self._body_released
+        self.closed = False
+        self.got_bytes = False  # any response byte for the current exchange
+        self.reused = False  # taken from the pool rather than freshly connected
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        limits = self._pool.limits
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=limits.write_high_water, low=limits.write_low_water
+        )
+        self._pool.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        exchange = self._exchange
+        if exchange is None:
+            return
+        self._exchange = None
+        pipe = exchange.pipe
+        if pipe is None:
+            exchange.upstream = None
+            exchange.client.upstream_lost(exchange, self)
+        else:
+            pipe.feed_error(exc or UpstreamError("the upstream closed the connection mid-body"))
+
+    def eof_received(self) -> bool | None:
+        exchange = self._exchange
+        mode = self._mode
+        if exchange is not None and (mode == UNTIL_CLOSE or mode == ENCODE):
+            # The one framing where a close is the clean end of the body.
+            self._exchange = None
+            self._reusable = False
+            if mode == ENCODE:
+                exchange.pipe.feed(_LAST_CHUNK)
+            exchange.pipe.feed_eof()
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.client.upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.client.upstream_write_resumed()
+
+    def data_received(self, data: bytes) -> None:
+        mode = self._mode
+        if mode == LENGTH:
+            # The hot path of a large body: count, pass the socket's own bytes object on.
+            remaining = self._remaining - len(data)
+            if remaining > 0:
+                self._remaining = remaining
+                self._exchange.pipe.feed(data)  # type: ignore[union-attr]
+                return
+            self._finish_length(data)
+        elif mode == CHUNKED:
+            self._chunked_piece(data)
+        elif mode == HEAD:
+            self._head_piece(data)
+        else:
+            self._body_piece(data)
+
+    # -- writing the request ---------------------------------------------------------------------------
+
+    def begin(self, exchange: Exchange) -> None:
+        """Serve ``exchange``: write its head and any body that arrived before this connection did."""
+        self._exchange = exchange
+        exchange.upstream = self
+        self._mode = HEAD
+        self._head_buf = b""
+        self._scan = 0
+        self._message_done = False
+        self._desync = False
+        self._reusable = False
+        self.got_bytes = False
+        pending = exchange.body_pending
+        if pending:
+            exchange.body_pending = None
+            exchange.body_pending_size = 0
+            pending.insert(0, exchange.head)
+            self._transport.writelines(pending)
+            exchange.client.upstream_body_flushed()
+        else:
+            self._transport.write(exchange.head)
+        if self._write_paused:
+            exchange.client.upstream_write_paused()
+
+    def send(self, piece: bytes) -> None:
+        """One piece of request body, already framed for this hop."""
+        self._transport.write(piece)
+
+    def abandon(self) -> None:
+        """The exchange gave up on this connection (client gone, timeout): close it, report nothing."""
+        self._exchange = None
+        self.close()
+
+    def close(self) -> None:
+        self._mode = HEAD  # whatever still arrives finds no exchange and is dropped
+        if not self.closed:
+            self.closed = True
+            self._pool.forget(self)
+            if self._transport is not None:
+                self._transport.abort()
+
+    # -- parser callbacks (httptools) ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._message_done:
+            raise _ExtraBytes
+        self._parts = [b""]
+        self._content_length = -1
+        self._transfer_encoding = None
+        self._drop_names = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = h.RESPONSE_KINDS.get(name.lower())
+        if kind is None:
+            self._parts += (name, b": ", value, b"\r\n")
+        elif kind == h.CONTENT_LENGTH:
+            self._content_length = int(value)
+            self._parts += (name, b": ", value, b"\r\n")
+        elif kind == h.TRANSFER_ENCODING:
+            te = self._transfer_encoding
+            self._transfer_encoding = value if te is None else te + b"," + value
+        elif kind == h.CONNECTION:
+            names = h.connection_tokens(value)
+            if names:
+                self._drop_names = names if self._drop_names is None else self._drop_names + names
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status: int = parser.get_status_code()
+        exchange = self._exchange
+        assert exchange is not None
+        end = self._head_buf.find(b"\r\n\r\n", self._scan)
+        if end < 0:  # llhttp insists on CRLF, so this cannot happen; never guess a boundary
+            raise _BadResponse("response head without CRLF CRLF")
+        self._scan = end + 4
+        parts = self._parts
+        if self._drop_names is not None:
+            parts = _without(parts, self._drop_names)
+        if status < 200:
+            if status == 101:
+                raise _BadResponse("101 Switching Protocols without an upgrade request")
+            self._interim = True
+            if not exchange.http10:  # HTTP/1.0 clients must not see interim responses
+                parts[0] = h.status_line(status)
+                parts.append(b"\r\n")
+                exchange.client.write_interim(b"".join(parts))
+            return
+        te = self._transfer_encoding
+        close_delimited = False
+        if exchange.head_only or status == 204 or status == 304:
+            mode = EMPTY
+        elif self._content_length >= 0:
+            mode = LENGTH
+            self._remaining = self._content_length
+        elif te is not None:
+            if te.strip().lower() != b"chunked" or exchange.http10:
+                raise _BadResponse(f"unsupported response Transfer-Encoding {te!r}")
+            mode = CHUNKED
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif exchange.http10:
+            mode = UNTIL_CLOSE
+            close_delimited = True
+        else:
+            mode = ENCODE
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts[0] = h.status_line(status)
+        self._keep_alive = parser.should_keep_alive()
+        exchange.upstream_status = status
+        pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
+        exchange.pipe = pipe
+        self._mode = mode
+        exchange.client.start_response(exchange, pipe, parts, close_delimited)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        else:
+            self._message_done = True
+
+    # -- reading the response --------------------------------------------------------------------------
+
+    def _feed_parser(self, data: bytes) -> bool:
+        """Parse ``data``; False if the exchange failed (already reported)."""
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _ExtraBytes):
+                self._desync = True
+                return True
+            if isinstance(cause, _BadResponse):
+                self._fail(str(cause))
+                return False
+            raise
+        except HttpParserError as exc:
+            if self._message_done:
+                self._desync = True  # junk after a complete response
+                return True
+            self._fail(f"malformed response from upstream: {exc}")
+            return False
+        return True
+
+    def _head_piece(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            self.close()  # an idle pooled connection must stay silent
+            return
+        self.got_bytes = True
+        buf = self._head_buf
+        buf = buf + data if buf else data
+        self._head_buf = buf
+        if not self._feed_parser(data):
+            return
+        if self._mode == HEAD:
+            if len(buf) - self._scan > self._pool.limits.max_header_size:
+                self._fail("upstream response head too large")
+            return
+        self._head_buf = b""
+        scan = self._scan
+        piece = buf[scan:] if scan < len(buf) else b""
+        if self._mode == LENGTH:
+            remaining = self._remaining - len(piece)
+            if remaining > 0:
+                self._remaining = remaining
+                if piece:
+                    exchange.pipe.feed(piece)
+            else:
+                self._finish_length(piece)
+        elif self._mode == CHUNKED:
+            self._chunked_done_or_feed(piece)
+        else:
+            self._body_piece(piece)
+        exchange.client.flush_head(exchange)
+
+    def _finish_length(self, piece: bytes) -> None:
+        remaining = self._remaining
+        if len(piece) > remaining:
+            piece = piece[:remaining]
+            self._desync = True
+        if piece:
+            self._exchange.pipe.feed(piece)  # type: ignore[union-attr]
+        self._complete()
+
+    def _chunked_piece(self, data: bytes) -> None:
+        if self._feed_parser(data):
+            self._chunked_done_or_feed(data)
+
+    def _chunked_done_or_feed(self, piece: bytes) -> None:
+        exchange = self._exchange
+        assert exchange is not None
+        if not self._message_done:
+            if piece:
+                exchange.pipe.feed(piece)
+            return
+        if self._desync:
+            # Bytes follow the last chunk inside this piece and the parser cannot say where it ended.
+            self._fail("bytes after the end of a chunked response")
+            return
+        exchange.pipe.feed(piece)
+        self._complete()
+
+    def _body_piece(self, piece: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            self.close()
+            return
+        mode = self._mode
+        if mode == EMPTY:
+            if piece:
+                self._desync = True
+            self._complete()
+        elif not piece:
+            return
+        elif mode == UNTIL_CLOSE:
+            exchange.pipe.feed(piece)
+        else:  # ENCODE
+            exchange.pipe.feed(b"%x\r\n" % len(piece) + piece + b"\r\n")
+
+    def _complete(self) -> None:
+        """The response message is over: let the Pipe end; its release decides the connection's fate."""
+        exchange = self._exchange
+        assert exchange is not None
+        if not self._message_done:
+            # Bodies passed through by count (and HEAD responses) left the parser mid-message.
+            self._parser = HttpResponseParser(self)
+        self._message_done = False
+        self._reusable = self._keep_alive and not self._desync and exchange.request_done
+        self._exchange = None
+        self._mode = HEAD
+        exchange.pipe.feed_eof()
+
+    def _fail(self, detail: str) -> None:
+        exchange = self._exchange
+        self._exchange = None
+        self.close()
+        if exchange is None:
+            return
+        pipe = exchange.pipe
+        if pipe is None:
+            exchange.upstream = None
+            exchange.client.upstream_unavailable(exchange, 502, UPSTREAM_ERROR, detail)
+        else:
+            pipe.feed_error(UpstreamError(detail))
+
+    def _body_released(self, pipe: Any) -> None:
+        """on_release of a response body's Pipe: pool the connection or close it."""
+        if pipe.state == "closed" and self._reusable and not self.closed:
+            self._reusable = False
+            self._pool.release(self)
+            return
+        exchange = self._exchange
+        if exchange is not None and exchange.pipe is pipe:
+            self._exchange = None
+        self.close()
+
+
+class CopyingUpstreamConnection(UpstreamConnection):
+    """Forwards httptools' ``on_body`` copies (re-framed where needed) instead of the socket's bytes."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            self.close()
+            return
+        self.got_bytes = True
+        if self._mode == HEAD:
+            buf = self._head_buf
+            self._head_buf = buf + data if buf else data
+        if not self._feed_parser(data):
+            return
+        if self._mode == HEAD:
+            if len(self._head_buf) - self._scan > self._pool.limits.max_header_size:
+                self._fail("upstream response head too large")
+            return
+        self._head_buf = b""
+        if self._message_done or self._mode == EMPTY:
+            # on_body gave the exact payload, so bytes after the message only cost the connection.
+            if self._mode == CHUNKED:
+                exchange.pipe.feed(_LAST_CHUNK)
+            self._complete()
+        exchange.client.flush_head(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        mode = self._mode
+        pipe = self._exchange.pipe  # type: ignore[union-attr]
+        if mode == LENGTH or mode == UNTIL_CLOSE:
+            pipe.feed(body)
+        elif mode == CHUNKED or mode == ENCODE:
+            pipe.feed(b"%x\r\n" % len(body) + body + b"\r\n")
+
+
+def _without(parts: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Header parts (name, ": ", value, CRLF per header after parts[0]) less the named headers."""
+    dropped = set(names)
+    kept = [parts[0]]
+    for index in range(1, len(parts), 4):
+        if parts[index].lower() not in dropped:
+            kept += parts[index : index + 4]
+    return kept
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream, most recently used first."""
+
+    __slots__ = ("_all", "_connecting", "_factory", "_idle", "address", "closing", "limits", "loop")
+
+    def __init__(self, address: UpstreamAddress, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.address = address
+        self.limits = limits
+        self.loop = loop
+        self._factory: Union[type[UpstreamConnection], type[CopyingUpstreamConnection]] = (
+            UpstreamConnection if limits.zero_copy else CopyingUpstreamConnection
+        )
+        self._idle: list[UpstreamConnection] = []
+        self._all: set[UpstreamConnection] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def open(self) -> int:
+        return len(self._all)
+
+    def acquire(self) -> UpstreamConnection | None:
+        """An idle connection, or None (then ``connect_for``)."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                connection.reused = True
+                return connection
+        return None
+
+    def release(self, connection: UpstreamConnection) -> None:
+        if self.closing or len(self._idle) >= self.limits.pool_size:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def opened(self, connection: UpstreamConnection) -> None:
+        self._all.add(connection)
+        if self.closing:
+            connection.close()
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        self._all.discard(connection)
+        try:
+            self._idle.remove(connection)
+        except ValueError:
+            pass
+
+    def connect_for(self, exchange: Exchange) -> None:
+        """Open a new connection for ``exchange``; the outcome goes to its client protocol."""
+        task = self.loop.create_task(self._connect(exchange))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, exchange: Exchange) -> None:
+        client = exchange.client
+        try:
+            _, connection = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: self._factory(self), self.address.host, self.address.port
+                ),
+                self.limits.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            client.upstream_unavailable(exchange, 504, TIMEOUT, "timed out connecting to the upstream")
+            return
+        except OSError as exc:
+            detail = f"cannot connect to the upstream: {exc.strerror or exc}"
+            client.upstream_unavailable(exchange, 502, UPSTREAM_ERROR, detail)
+            return
+        client.upstream_ready(exchange, connection)
+
+    def close(self) -> None:
+        """Close every connection and stop connecting; for shutdown."""
+        self.closing = True
+        for task in list(self._connecting):
+            task.cancel()
+        for connection in list(self._all):
+            connection.close()
+        self._idle.clear()
