@@ -1,0 +1,264 @@
+"""Real parts the adapter tests share: a local origin server, owners that remember their release, servers.
+
+The origin is a real aiohttp server on 127.0.0.1 (port 0). Every body it sends is a known pattern, so a
+test can compare the bytes that arrived with the bytes that left, and it records what its handlers saw
+(the client's port, whether the body was sent to the end or the client went away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from aiohttp import web
+
+# -- bodies ---------------------------------------------------------------------------------------------------
+
+
+def piece(index: int, size: int) -> bytes:
+    """Chunk ``index`` of a patterned body: easy to check, different from its neighbours."""
+    return bytes([index % 251]) * size
+
+
+def pattern(n: int, size: int) -> bytes:
+    return b"".join(piece(i, size) for i in range(n))
+
+
+def sse_body(n: int, usage: dict[str, int]) -> bytes:
+    """An OpenAI-style chat completion stream: n delta events, a final usage event, then [DONE]."""
+    events = []
+    for i in range(n):
+        chunk = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
+        events.append(f"data: {json.dumps(chunk)}\n\n")
+    events.append(f"data: {json.dumps({'id': 'chatcmpl-1', 'choices': [], 'usage': usage})}\n\n")
+    events.append("data: [DONE]\n\n")
+    return "".join(events).encode()
+
+
+# -- owners and sources ---------------------------------------------------------------------------------------
+
+
+class Owner:
+    """Weak-referenceable stand-in for an upstream response."""
+
+    def __init__(self, name: str = "owner") -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Owner {self.name}>"
+
+
+@dataclass
+class Releases:
+    """An ``on_release`` that records when and in which state each pipe was released."""
+
+    calls: list[tuple[str, float]] = field(default_factory=list)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, pipe: Any) -> None:
+        self.calls.append((pipe.state, time.monotonic()))
+        self.event.set()
+
+    async def wait(self, timeout: float) -> tuple[str, float]:
+        await asyncio.wait_for(self.event.wait(), timeout)
+        return self.calls[0]
+
+
+async def chunks(n: int, size: int, *, delay: float = 0.0, then: str = "end") -> AsyncIterator[bytes]:
+    """n patterned chunks; ``then`` is "end", "hang" (an idle upstream: wait until cancelled) or "fail"."""
+    for index in range(n):
+        if delay:
+            await asyncio.sleep(delay)
+        else:
+            await asyncio.sleep(0)
+        yield piece(index, size)
+    if then == "hang":
+        await asyncio.Event().wait()
+    elif then == "fail":
+        raise UpstreamBroke("the upstream broke mid-body")
+
+
+class UpstreamBroke(Exception):
+    """What a scripted upstream raises when asked to fail."""
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 10 ms; fail after ``timeout`` seconds (a bounded loop)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# -- the origin -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Exchange:
+    """What the origin saw of one request."""
+
+    path: str
+    peer_port: int
+    outcome: str = "streaming"  # then "complete" or "client-gone"
+
+
+class Origin:
+    """A real aiohttp server with a few upstream behaviours, on an ephemeral port of 127.0.0.1.
+
+    ``/chunks?n=&size=&delay=&framing=chunked|length&then=end|hang|abort``: n patterned chunks.
+    ``/sse?n=&delay=&then=end|hang``: an OpenAI-style event stream with a final usage event.
+    """
+
+    USAGE = {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33}
+
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/chunks", self._chunks)
+        app.router.add_get("/sse", self._sse)
+        # Handler cancellation: the origin learns at once that its client (the gateway) went away.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _begin(self, request: web.Request) -> Exchange:
+        peer = request.transport.get_extra_info("peername") if request.transport else ("", 0)
+        exchange = Exchange(request.path_qs, peer[1])
+        self.exchanges.append(exchange)
+        return exchange
+
+    async def _chunks(self, request: web.Request) -> web.StreamResponse:
+        exchange = self._begin(request)
+        query = request.query
+        n, size = int(query.get("n", "10")), int(query.get("size", "1000"))
+        delay, then = float(query.get("delay", "0")), query.get("then", "end")
+        response = web.StreamResponse()
+        if query.get("framing", "chunked") == "length":
+            response.content_length = n * size
+        else:
+            response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            for index in range(n):
+                await response.write(piece(index, size))
+                if delay:
+                    await asyncio.sleep(delay)
+            if then == "hang":
+                await asyncio.Event().wait()
+            if then == "abort":
+                assert request.transport is not None
+                request.transport.abort()
+                exchange.outcome = "aborted"
+                return response
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            exchange.outcome = "client-gone"
+            raise
+        exchange.outcome = "complete"
+        return response
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        exchange = self._begin(request)
+        n, delay = int(request.query.get("n", "5")), float(request.query.get("delay", "0"))
+        body = sse_body(n, self.USAGE)
+        events = [event + b"\n\n" for event in body.split(b"\n\n") if event]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            for event in events:
+                await response.write(event)
+                if delay:
+                    await asyncio.sleep(delay)
+            if request.query.get("then") == "hang":
+                await asyncio.Event().wait()
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            exchange.outcome = "client-gone"
+            raise
+        exchange.outcome = "complete"
+        return response
+
+
+@contextlib.asynccontextmanager
+async def origin_server() -> AsyncIterator[Origin]:
+    origin = Origin()
+    await origin.start()
+    try:
+        yield origin
+    finally:
+        await origin.close()
+
+
+# -- raw clients ----------------------------------------------------------------------------------------------
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+
+
+async def get_then_leave(port: int, path: str, body_bytes: int) -> bytes:
+    """A client that sends a GET, reads the head and ``body_bytes`` of the body, then closes its socket."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = await read_head(reader)
+        got = b""
+        while len(got) < body_bytes:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                break
+            got += data
+        return head + got
+    finally:
+        writer.transport.abort()
+
+
+def free_socket() -> socket.socket:
+    """A listening TCP socket on an ephemeral port of 127.0.0.1 (servers take it over by fd)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.contextmanager
+def loop_errors() -> Any:
+    """Collect what reaches the running loop's exception handler while the block runs."""
+    loop = asyncio.get_running_loop()
+    contexts: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    try:
+        yield contexts
+    finally:
+        loop.set_exception_handler(previous)
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let ready callbacks run: a bounded number of loop iterations."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
