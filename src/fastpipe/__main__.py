@@ -1,0 +1,185 @@
+"""The ``fastpipe`` command (also ``python -m fastpipe``).
+
+    fastpipe proxy --upstream http://HOST:PORT --listen HOST:PORT [--workers N] [--access-log] [--stock-loop]
+    fastpipe demo [hazard|proxy|all]        (default: all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ("main",)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _optional_size(text: str) -> int | None:
+    return None if text.lower() in ("none", "0", "") else int(text)
+
+
+def _proxy_parser(subparsers: Any) -> None:
+    from .http.limits import Limits
+
+    defaults = Limits()
+    parser = subparsers.add_parser(
+        "proxy", help="run the reverse proxy", description="Run the HTTP/1.1 reverse proxy."
+    )
+    parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the origin")
+    parser.add_argument(
+        "--listen", type=_listen_address, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--access-log", action="store_true", help="one line per exchange on stderr")
+    parser.add_argument("--stock-loop", action="store_true", help="use asyncio's own loop instead of uvloop")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    limits = parser.add_argument_group("limits (see fastpipe.http.Limits)")
+    for name in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "shutdown_grace"):
+        limits.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name), metavar="SECONDS"
+        )
+    for name in ("max_header_size", "pool_size", "write_high_water", "write_low_water"):
+        limits.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), metavar="N")
+    limits.add_argument("--max-body-size", type=_optional_size, default=defaults.max_body_size, metavar="BYTES")
+    limits.add_argument("--rewrite-host", action="store_true", help="send the upstream's host:port as Host")
+    limits.add_argument("--copy-bodies", action="store_true", help="forward parser copies instead of socket bytes")
+
+
+def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "connect_timeout": args.connect_timeout,
+        "upstream_timeout": args.upstream_timeout,
+        "header_timeout": args.header_timeout,
+        "idle_timeout": args.idle_timeout,
+        "shutdown_grace": args.shutdown_grace,
+        "max_header_size": args.max_header_size,
+        "max_body_size": args.max_body_size,
+        "pool_size": args.pool_size,
+        "write_high_water": args.write_high_water,
+        "write_low_water": args.write_low_water,
+        "rewrite_host": args.rewrite_host,
+        "zero_copy": not args.copy_bodies,
+    }
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .http.proxy import shutdown_proxy, start_proxy
+
+    host, port = args.listen
+    server = await start_proxy(
+        args.upstream,
+        host=host,
+        port=port,
+        access_log=args.access_log,
+        reuse_port=args.reuse_port,
+        **_limit_options(args),
+    )
+    bound = server.sockets[0].getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    print(f"fastpipe: proxy listening on http://{shown}:{bound[1]} -> {args.upstream}", file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    print("fastpipe: shutting down", file=sys.stderr, flush=True)
+    await shutdown_proxy(server, args.shutdown_grace)
+    return 0
+
+
+def run(main: Any, *, stock_loop: bool = False) -> int:
+    """Run a coroutine function on uvloop when it is importable (unless told not to), else asyncio's loop."""
+    if not stock_loop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main())  # type: ignore[no-any-return]
+    return asyncio.run(main())  # type: ignore[no-any-return]
+
+
+def _proxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.workers < 1:
+        print("fastpipe: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.access_log:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("fastpipe.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    if args.workers > 1:
+        from .http.workers import run_supervisor
+
+        worker_argv = _without_options(argv, {"--workers", "--listen"})
+        host, port = args.listen
+        return run_supervisor(worker_argv, args.workers, host, port, args.shutdown_grace)
+    return run(lambda: _serve(args), stock_loop=args.stock_loop)
+
+
+def _without_options(argv: Sequence[str], names: set[str]) -> list[str]:
+    """``argv`` after the subcommand, less the named options and their values."""
+    kept: list[str] = []
+    skip = False
+    for item in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in item
+            continue
+        kept.append(item)
+    return kept
+
+
+def _demo(args: argparse.Namespace) -> int:
+    status = 0
+    if args.which in ("hazard", "all"):
+        try:
+            from . import _demo_hazard
+        except ImportError:
+            print("fastpipe: the hazard demo is not available in this build", file=sys.stderr)
+            status = 1
+        else:
+            status |= _demo_hazard.main(args.rest)
+    if args.which in ("proxy", "all"):
+        from .http import demo
+
+        status |= demo.main(args.rest)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="fastpipe", description="fastpipe: stream bodies without losing their owner.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _proxy_parser(subparsers)
+    demo = subparsers.add_parser("demo", help="run the built-in demos", description="Run the built-in demos.")
+    demo.add_argument("which", nargs="?", choices=("hazard", "proxy", "all"), default="all")
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help="options passed on to the demo")
+    args = parser.parse_args(argv)
+    if args.command == "proxy":
+        return _proxy(args, argv)
+    return _demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
