@@ -1,0 +1,151 @@
+"""Helpers for the proxy tests: raw sockets, recording origins, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from httptools import HttpResponseParser
+
+from fastpipe.http import ExchangeRecord, Proxy, proxy_of
+
+
+async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the proxy closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(-1), timeout)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+class ParsedResponse:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.complete = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+def parse_responses(data: bytes) -> list[ParsedResponse]:
+    """Every response in ``data``, in order; the last one may be incomplete (``complete`` False)."""
+    responses: list[ParsedResponse] = []
+
+    class Callbacks:
+        def on_message_begin(self) -> None:
+            responses.append(ParsedResponse())
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            responses[-1].headers.append((name, value))
+
+        def on_headers_complete(self) -> None:
+            responses[-1].status = parser.get_status_code()
+
+        def on_body(self, body: bytes) -> None:
+            responses[-1].body += body
+
+        def on_message_complete(self) -> None:
+            responses[-1].complete = True
+
+    parser = HttpResponseParser(Callbacks())
+    parser.feed_data(data)
+    return responses
+
+
+async def sha256_of_stream(chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class RecordingOrigin(asyncio.Protocol):
+    """An origin that records every byte it receives and answers with a scripted reply per read.
+
+    ``reply(origin, data)`` is called for each read; by default each complete request head gets a small
+    200 response. Used where the test must see exactly what the proxy sent upstream.
+    """
+
+    received: list[bytes]
+    connections: list[RecordingOrigin]
+
+    def __init__(self, registry: list[RecordingOrigin], reply: Callable[[RecordingOrigin, bytes], Any] | None) -> None:
+        self.registry = registry
+        self.reply = reply
+        self.received = []
+        self.transport: Any = None
+        self.closed = asyncio.get_running_loop().create_future()
+        registry.append(self)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.received)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+        if self.reply is not None:
+            self.reply(self, data)
+        else:
+            for _ in range(self.data.count(b"\r\n\r\n") - getattr(self, "_answered", 0)):
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self._answered = self.data.count(b"\r\n\r\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def start_recording_origin(
+    reply: Callable[[RecordingOrigin, bytes], Any] | None = None,
+) -> tuple[asyncio.Server, list[RecordingOrigin]]:
+    registry: list[RecordingOrigin] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: RecordingOrigin(registry, reply), "127.0.0.1", 0)
+    return server, registry
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``condition`` every 10 ms, for at most ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class ProxyUnderTest:
+    """A started proxy: its port, the records of ended exchanges, and its shared state."""
+
+    def __init__(self, server: asyncio.Server, records: list[ExchangeRecord]) -> None:
+        self.server = server
+        self.records = records
+        self.port: int = server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proxy: Proxy = proxy_of(server)
+
+    async def wait_records(self, count: int, timeout: float = 5.0) -> list[ExchangeRecord]:
+        """Wait (bounded) until ``count`` exchanges have ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.records) < count:
+            if loop.time() > deadline:
+                raise AssertionError(f"only {len(self.records)} of {count} exchanges ended: {self.records}")
+            await asyncio.sleep(0.01)
+        return self.records

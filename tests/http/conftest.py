@@ -1,0 +1,62 @@
+"""Fixtures for the proxy tests: a real origin and a proxy in front of it, on 127.0.0.1 only.
+
+Tests run on uvloop; those marked ``both_loops`` run on asyncio's own loop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import pytest
+import uvloop
+from _proxy_support import ProxyUnderTest
+
+from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
+from fastpipe.http.origin import start_origin
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_loops: run on asyncio's loop as well as uvloop")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+    if item.get_closest_marker("both_loops") is not None:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
+
+
+StartProxy = Callable[..., Awaitable[ProxyUnderTest]]
+
+
+@pytest.fixture
+async def origin_port() -> AsyncIterator[int]:
+    server = await start_origin()
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[StartProxy]:
+    """``await start(upstream_port, **limits)`` → a running proxy; all are shut down after the test."""
+    started: list[asyncio.Server] = []
+
+    async def starter(upstream_port: int, **options: Any) -> ProxyUnderTest:
+        records: list[ExchangeRecord] = []
+        server = await start_proxy(f"http://127.0.0.1:{upstream_port}", port=0, on_exchange=records.append, **options)
+        started.append(server)
+        return ProxyUnderTest(server, records)
+
+    yield starter
+    for server in started:
+        await shutdown_proxy(server, grace=0.5)
+
+
+@pytest.fixture
+async def proxied(origin_port: int, start: StartProxy) -> ProxyUnderTest:
+    """A proxy with default limits in front of the built-in origin."""
+    return await start(origin_port)
