@@ -29,6 +29,20 @@ class Ending:
         return self.name
 
 
+async def _outcome(task: asyncio.Task[Any]) -> str:
+    """How a task ended, learned without raising its exception into the caller's frame.
+
+    Re-raising would put that frame (and every chunk it names) into a traceback that a finished task
+    keeps in fields CPython 3.11's collector cannot see: a leak of the test, not of the pipe. Callers
+    also drop their own name for the task once it is done.
+    """
+    await asyncio.wait([task])
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return "returned" if error is None else type(error).__name__
+
+
 async def _eof(impl: ModuleType, owner: object, chunks: Sequence[Any], on_release: OnRelease) -> Any:
     pipe = impl.Pipe(BareSource(chunks), owner, on_release=on_release)
     del owner
@@ -106,12 +120,8 @@ async def _consumer_cancelled(impl: ModuleType, owner: object, chunks: Sequence[
     task = asyncio.ensure_future(pull(pipe))
     await stall.reached()
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    else:
-        raise AssertionError("the cancelled pull returned")
+    assert await _outcome(task) == "cancelled"
+    del task
     return pipe
 
 
@@ -124,12 +134,8 @@ async def _closed_during_pending_pull(
     await stall.reached()
     await close()
     stall.resolve(chunks[-1])
-    try:
-        await task
-    except StopAsyncIteration:
-        pass
-    else:
-        raise AssertionError("a chunk read after cancellation was delivered")
+    assert await _outcome(task) == "StopAsyncIteration", "a chunk read after cancellation was delivered"
+    del task
     return pipe
 
 
@@ -210,12 +216,8 @@ async def _push_consumer_cancelled(
         pipe.feed(chunk)
     await asyncio.sleep(0)
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    else:
-        raise AssertionError("the cancelled consumer finished")
+    assert await _outcome(task) == "cancelled"
+    del task
     return pipe
 
 

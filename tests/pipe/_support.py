@@ -53,7 +53,7 @@ class Stall:
 
     def resolve(self, outcome: Any) -> None:
         """Let the waiting read return ``outcome``: a chunk, an exception to raise, or END."""
-        assert self._waiter is not None, "no read is waiting at this stall"
+        assert self._waiter is not None and not self._waiter.done(), "no read is waiting at this stall"
         self._waiter.set_result(outcome)
 
     async def wait(self) -> Any:
@@ -64,6 +64,10 @@ class Stall:
         except asyncio.CancelledError as exc:
             self.cancelled_with = exc
             raise
+        finally:
+            # A cancelled future caches its exception where the collector cannot see it; holding the
+            # future here would tie this stall (and its script) into an uncollectable cycle.
+            self._waiter = None
 
 
 class _ScriptedIterator:
