@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -262,3 +263,72 @@ async def settle(rounds: int = 20) -> None:
     """Let ready callbacks run: a bounded number of loop iterations."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+# -- ASGI servers, started in the test's own loop ---------------------------------------------------------------
+
+ASGI_SERVERS = ["uvicorn-httptools", "uvicorn-h11", "hypercorn"]
+
+
+@contextlib.asynccontextmanager
+async def asgi_server(kind: str, app: Any) -> AsyncIterator[int]:
+    """Serve ``app`` with a real server on an ephemeral port of 127.0.0.1; yields the port."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    if kind.startswith("uvicorn"):
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="critical",
+            access_log=False,
+            http=kind.split("-")[1],
+            timeout_graceful_shutdown=1,
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        try:
+            await wait_until(lambda: server.started or task.done(), 5, "uvicorn to start")
+            yield port
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 5)
+            sock.close()
+        return
+    import hypercorn.asyncio
+    from hypercorn.config import Config
+
+    config = Config()
+    # Hypercorn takes the descriptor over: hand it a duplicate and keep ours out of its way.
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    config.graceful_timeout = 1
+    config.accesslog = None
+    config.errorlog = None
+    sock.close()
+    shutdown = asyncio.Event()
+    task = asyncio.ensure_future(hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait))
+    try:
+        await _wait_for_listener(port, task)
+        yield port
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def _wait_for_listener(port: int, task: asyncio.Future[Any]) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        if task.done():
+            task.result()
+            raise AssertionError("the server stopped before it listened")
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return

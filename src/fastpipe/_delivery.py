@@ -1,0 +1,127 @@
+"""Send a pulled Pipe to one client and apply the disconnect policy when the client leaves first.
+
+Shared by the server adapters (ASGI, aiohttp, ``pump``). The body is sent by a task of its own, so that
+the client leaving can interrupt a pull that waits on a slow upstream: cancelling that task cancels the
+pull, and the Pipe releases its owner at once (``aclose()`` from another task would only release it when
+the pending read completes, which for an idle stream may be never).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+from ._backend import Pipe
+from .tee import DisconnectPolicy, chunk_nbytes
+
+__all__ = ("deliver",)
+
+Write = Callable[[Any], Awaitable[object]]
+
+# Drains that outlive the handler that started them (the server cancelled it): kept until they end,
+# each bounded by its policy's timeout.
+_DETACHED: set[asyncio.Task[bool]] = set()
+
+
+async def deliver(pipe: Pipe, write: Write, client_gone: Awaitable[object], policy: DisconnectPolicy) -> bool:
+    """Write every chunk of ``pipe`` with ``await write(chunk)`` until the body ends or the client leaves.
+
+    The client has left when ``client_gone`` completes (in any way) or ``write`` raises ``OSError``.
+    Returns True when the whole body was written, False when the client left first (the policy was
+    applied: the pipe is cancelled at once, or drained within its bounds, then cancelled). An upstream
+    error while the client is there propagates (the response must not end cleanly); the pipe is
+    finished on every path.
+    """
+    delivery = _Delivery(pipe, write, policy)
+    sender = delivery.start()
+    watcher: asyncio.Future[object] = asyncio.ensure_future(client_gone)
+    try:
+        await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not sender.done():
+            delivery.client_left()
+            await asyncio.wait((sender,))
+    except asyncio.CancelledError:
+        # The server cancelled this handler (its client is gone): apply the policy; a drain goes on alone.
+        delivery.client_left()
+        if not sender.done():
+            _DETACHED.add(sender)
+            sender.add_done_callback(_DETACHED.discard)
+        raise
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+        elif not watcher.cancelled():
+            watcher.exception()  # how the client left does not matter; do not let it be reported
+    if sender.cancelled():
+        return False
+    return sender.result()
+
+
+class _Delivery:
+    __slots__ = ("_deadline", "_drained", "_gone", "_pipe", "_policy", "_sender", "_write")
+
+    def __init__(self, pipe: Pipe, write: Write, policy: DisconnectPolicy) -> None:
+        self._pipe = pipe
+        self._write = write
+        self._policy = policy
+        self._sender: asyncio.Task[bool] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._gone = False
+        self._drained = 0
+
+    def start(self) -> asyncio.Task[bool]:
+        sender = self._sender = asyncio.get_running_loop().create_task(self._send())
+        sender.add_done_callback(self._sent)
+        return sender
+
+    async def _send(self) -> bool:
+        pipe = self._pipe
+        try:
+            async for chunk in pipe:
+                if self._gone:
+                    self._drained += chunk_nbytes(chunk)
+                    if self._drained > self._policy.max_bytes:
+                        break  # the taps saw this chunk; the bound stops the reading here
+                    continue
+                try:
+                    await self._write(chunk)
+                except OSError:
+                    self.client_left()
+                    if not self._policy.drains:
+                        break
+            else:
+                return not self._gone
+            return False
+        except Exception:
+            if self._gone:
+                return False  # an upstream failure during a drain is nobody's response any more
+            raise
+        finally:
+            await pipe.aclose()  # a no-op on a finished pipe
+
+    def client_left(self) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        sender = self._sender
+        if sender is None or sender.done():
+            return
+        if not self._policy.drains:
+            if sender is not _current_task():
+                sender.cancel()
+            return
+        self._deadline = asyncio.get_running_loop().call_later(self._policy.timeout, sender.cancel)
+
+    def _sent(self, sender: asyncio.Task[bool]) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if not sender.cancelled():
+            sender.exception()  # retrieved here; deliver() re-raises it when someone still waits
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

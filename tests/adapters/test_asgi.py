@@ -1,0 +1,311 @@
+"""PipeResponse under real ASGI servers (uvicorn with httptools and h11, hypercorn), Starlette and FastAPI.
+
+The servers run in the test's loop on ephemeral ports; clients are httpx or a raw socket that leaves
+mid-body. The owner of an idle upstream body must be released within a second of the client leaving.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+import weakref
+from types import ModuleType
+from typing import Any, AsyncIterator
+
+import aiohttp
+import httpx
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+
+from fastpipe.asgi import PipeResponse
+from fastpipe.sources import from_aiohttp
+from fastpipe.sse import Event, EventTap
+from fastpipe.tee import DisconnectPolicy
+
+from ._support import (
+    ASGI_SERVERS,
+    Origin,
+    Owner,
+    Releases,
+    asgi_server,
+    chunks,
+    get_then_leave,
+    origin_server,
+    pattern,
+    wait_until,
+)
+
+Scope = dict[str, Any]
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    async with origin_server() as server:
+        yield server
+
+
+class PipeApp:
+    """An ASGI app answering every request with a PipeResponse made by ``make()``; it keeps the last one."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.responses: list[PipeResponse] = []
+        self.errors: list[BaseException] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # hypercorn always asks
+            await lifespan(receive, send)
+            return
+        response = await self.make(scope)
+        self.responses.append(response)
+        try:
+            await response(scope, receive, send)
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_whole_body_arrives_and_the_owner_is_released(impl: ModuleType, server: str) -> None:
+    releases = Releases()
+
+    async def make(_scope: Scope) -> PipeResponse:
+        pipe = impl.Pipe(chunks(20, 1000), Owner(), on_release=releases)
+        return PipeResponse(pipe, headers={"content-type": "application/octet-stream", "x-origin": "test"})
+
+    async with asgi_server(server, PipeApp(make)) as port, httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert response.status_code == 200
+    assert response.headers["x-origin"] == "test"
+    assert response.content == pattern(20, 1000)
+    assert releases.calls[0][0] == "closed"
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_client_leaving_mid_body_releases_an_idle_upstream_within_a_second(impl: ModuleType, server: str) -> None:
+    releases = Releases()
+    owners: list[weakref.ref[Owner]] = []
+
+    async def make(_scope: Scope) -> PipeResponse:
+        owner = Owner()
+        owners.append(weakref.ref(owner))
+        # Three chunks, then an upstream that sends nothing more: only the disconnect can end this.
+        return PipeResponse(impl.Pipe(chunks(3, 1000, then="hang"), owner, on_release=releases))
+
+    app = PipeApp(make)
+    async with asgi_server(server, app) as port:
+        await get_then_leave(port, "/", 3000)
+        left_at = time.monotonic()
+        state, released_at = await releases.wait(2.0)
+        assert state == "cancelled"
+        assert released_at - left_at < 1.0, f"owner released {released_at - left_at:.2f} s after the client left"
+        gc.collect()
+        assert owners[0]() is None
+        assert app.responses[0].pipe is not None and app.responses[0].pipe.state == "cancelled"
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_client_leaving_closes_the_upstream_connection(impl: ModuleType, server: str, origin: Origin) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def make(_scope: Scope) -> PipeResponse:
+            upstream = await session.get(origin.url("/chunks?n=3&size=1000&then=hang"))
+            return PipeResponse(from_aiohttp(upstream, pipe_type=impl.Pipe))
+
+        async with asgi_server(server, PipeApp(make)) as port:
+            await get_then_leave(port, "/", 3000)
+            await wait_until(lambda: origin.exchanges[0].outcome == "client-gone", 1.0, "the upstream to be closed")
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_upstream_failure_is_a_broken_response_never_a_clean_end(impl: ModuleType, server: str) -> None:
+    async def make(_scope: Scope) -> PipeResponse:
+        return PipeResponse(impl.Pipe(chunks(5, 1000, then="fail")))
+
+    app = PipeApp(make)
+    async with asgi_server(server, app) as port, httpx.AsyncClient() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"http://127.0.0.1:{port}/")
+    assert app.responses[0].pipe is not None and app.responses[0].pipe.state == "errored"
+
+
+@pytest.mark.parametrize("policy", ["drain", "cancel"])
+async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
+    impl: ModuleType, origin: Origin, policy: str
+) -> None:
+    """The gateway's quota case: the client leaves after the first event; with ``drain`` the final usage
+    event still reaches the tap, with ``cancel`` it does not (and the upstream is closed at once)."""
+    usage: list[dict[str, int]] = []
+
+    def on_event(event: Event) -> None:
+        if event.data.startswith("{") and (payload := json.loads(event.data)).get("usage"):
+            usage.append(payload["usage"])
+
+    async with aiohttp.ClientSession() as session:
+
+        async def make(_scope: Scope) -> PipeResponse:
+            upstream = await session.get(origin.url("/sse?n=10&delay=0.02"))
+            pipe = from_aiohttp(upstream, pipe_type=impl.Pipe).tap(EventTap(on_event))
+            on_disconnect = (
+                DisconnectPolicy.drain(max_bytes=1 << 20, timeout=5) if policy == "drain" else DisconnectPolicy.cancel()
+            )
+            return PipeResponse(pipe, media_type="text/event-stream", on_disconnect=on_disconnect)
+
+        app = PipeApp(make)
+        async with asgi_server("uvicorn-httptools", app) as port:
+            head_and_first_event = await get_then_leave(port, "/", 60)
+            assert b"text/event-stream" in head_and_first_event
+            await wait_until(lambda: origin.exchanges and origin.exchanges[0].outcome != "streaming", 2, "the origin")
+            pipe = app.responses[0].pipe
+            assert pipe is not None
+            await wait_until(lambda: pipe.state != "open", 2, "the pipe to finish")
+    if policy == "drain":
+        assert usage == [Origin.USAGE]
+        assert origin.exchanges[0].outcome == "complete"
+        assert pipe.state == "closed"
+    else:
+        assert usage == []
+        assert origin.exchanges[0].outcome == "client-gone"
+        assert pipe.state == "cancelled"
+
+
+async def test_drain_policy_time_bound_releases_an_idle_upstream(impl: ModuleType) -> None:
+    releases = Releases()
+
+    async def make(_scope: Scope) -> PipeResponse:
+        pipe = impl.Pipe(chunks(3, 1000, then="hang"), Owner(), on_release=releases)
+        return PipeResponse(pipe, on_disconnect=DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.3))
+
+    async with asgi_server("uvicorn-httptools", PipeApp(make)) as port:
+        await get_then_leave(port, "/", 3000)
+        left_at = time.monotonic()
+        state, released_at = await releases.wait(2)
+    assert state == "cancelled"
+    assert 0.2 <= released_at - left_at < 1.0
+
+
+async def test_drain_policy_byte_bound_stops_reading(impl: ModuleType) -> None:
+    releases = Releases()
+    pipes = []
+
+    async def make(_scope: Scope) -> PipeResponse:
+        pipe = impl.Pipe(chunks(10_000, 1000, delay=0.0005), Owner(), on_release=releases)
+        pipes.append(pipe)
+        return PipeResponse(pipe, on_disconnect=DisconnectPolicy.drain(max_bytes=20_000, timeout=10))
+
+    async with asgi_server("uvicorn-httptools", PipeApp(make)) as port:
+        await get_then_leave(port, "/", 5000)
+        state, _ = await releases.wait(5)
+    assert state == "cancelled"
+    assert pipes[0].nbytes < 400_000, "the drain read far past its byte bound"
+
+
+@pytest.mark.parametrize("server", ["uvicorn-httptools", "hypercorn"])
+async def test_head_request_sends_no_body_and_releases_the_pipe(impl: ModuleType, server: str) -> None:
+    releases = Releases()
+
+    async def make(_scope: Scope) -> PipeResponse:
+        return PipeResponse(impl.Pipe(chunks(3, 10), Owner(), on_release=releases), headers={"x-a": "1"})
+
+    async with asgi_server(server, PipeApp(make)) as port, httpx.AsyncClient() as client:
+        response = await client.head(f"http://127.0.0.1:{port}/")
+    assert response.status_code == 200 and response.content == b""
+    assert releases.calls[0][0] == "cancelled"
+
+
+async def test_bodyless_pipe_none_sends_an_empty_body() -> None:
+    async def make(_scope: Scope) -> PipeResponse:
+        return PipeResponse(None, status=204)
+
+    async with asgi_server("uvicorn-httptools", PipeApp(make)) as port, httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert response.status_code == 204 and response.content == b""
+
+
+# -- Starlette and FastAPI ------------------------------------------------------------------------------------
+
+
+async def test_pipe_response_as_a_starlette_route_response(impl: ModuleType) -> None:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    ran: list[str] = []
+
+    async def after() -> None:
+        ran.append("background")
+
+    async def endpoint(_request: Request) -> PipeResponse:
+        pipe = impl.Pipe(chunks(10, 500))
+        return PipeResponse(pipe, status=201, media_type="application/x-test", background=BackgroundTask(after))
+
+    app = Starlette(routes=[Route("/stream", endpoint)])
+    async with asgi_server("uvicorn-httptools", app) as port, httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/stream")
+    assert response.status_code == 201
+    assert response.headers["content-type"] == "application/x-test"
+    assert response.content == pattern(10, 500)
+    assert ran == ["background"]
+
+
+async def test_pipe_response_returned_by_a_fastapi_route(impl: ModuleType) -> None:
+    app = FastAPI()
+    releases = Releases()
+    ran: list[str] = []
+
+    @app.get("/stream")
+    async def stream(tasks: BackgroundTasks) -> PipeResponse:
+        tasks.add_task(ran.append, "background")  # FastAPI hands its tasks to the returned response
+        return PipeResponse(impl.Pipe(chunks(10, 500), Owner(), on_release=releases), headers={"x-a": "1"})
+
+    async with asgi_server("uvicorn-httptools", app) as port, httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/stream")
+        assert response.content == pattern(10, 500)
+        assert response.headers["x-a"] == "1"
+        await get_then_leave(port, "/stream", 0)  # nothing read: the client leaves at once
+        await wait_until(lambda: len(releases.calls) == 2, 1.0, "the second pipe to be released")
+    assert releases.calls[0][0] == "closed"
+    assert ran[0] == "background"
+
+
+# -- misuse ---------------------------------------------------------------------------------------------------
+
+
+def test_pipe_response_refuses_header_injection_and_bad_status() -> None:
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        PipeResponse(None, headers={"x-a": "ok\r\nSet-Cookie: evil=1"})
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        PipeResponse(None, headers=[(b"x-a\n", b"1")])
+    with pytest.raises(TypeError, match="str or bytes"):
+        PipeResponse(None, headers=[("x-a", 1)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="status"):
+        PipeResponse(None, status=42)
+    with pytest.raises(TypeError, match="DisconnectPolicy"):
+        PipeResponse(None, on_disconnect="drain")  # type: ignore[arg-type]
+
+
+async def test_pipe_response_refuses_a_websocket_scope(impl: ModuleType) -> None:
+    pipe = impl.Pipe(chunks(1, 1))
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    with pytest.raises(RuntimeError, match="HTTP requests"):
+        await PipeResponse(pipe)({"type": "websocket"}, receive, send)
+    assert sent == [] and pipe.state == "cancelled"
