@@ -1,0 +1,281 @@
+"""One cell = one peer under one workload for one run: start the peer, warm it up, measure, stop it.
+
+Workloads:
+  small  1 KiB responses, keep-alive, 64 connections: requests/s, p99 latency, CPU µs per request
+  bulk   16 MiB responses, 4 connections: MiB/s, CPU seconds per GiB
+  sse    paced SSE streams (100 events, 1 ms apart) on 64 connections, plus one probe connection that measures
+         each event's delay: streams/s, added per-event latency, CPU µs per stream
+  idle   N held SSE streams (head and one event, then silence): proxy RSS per stream
+
+A contaminated window (other load on the box) is retried; the cleanest attempt is kept and flagged if needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cpu, load
+from .origin import BULK_PATH, HOST, SMALL_PATH, Origins
+from .peers import Peer, RunningPeer
+from .processes import Managed, StartError, wait_http_ready
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: float
+    warmup: float
+    retries: int
+    quiet_wait: float
+    connections: int
+    bulk_connections: int
+    sse_events: int
+    sse_interval_ms: float
+    sse_event_size: int
+    idle_connections: int
+    use_wrk: bool
+    plan: cpu.CorePlan
+    workdir: Path
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    uses_stream_origin: bool
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("small", "1 KiB responses, keep-alive", False),
+        Workload("bulk", "16 MiB responses", False),
+        Workload("sse", "paced SSE streams", True),
+        Workload("idle", "held idle SSE streams", True),
+    )
+}
+
+
+@dataclass
+class CellResult:
+    peer: str
+    workload: str
+    run: int
+    attempt: int = 1
+    generator: str = ""
+    seconds: float = 0.0
+    requests: int = 0
+    bytes: int = 0
+    errors: int = 0
+    rate: float = 0.0  # requests/s (small), MiB/s (bulk), streams/s (sse)
+    latency_us: dict[str, float] = field(default_factory=dict)
+    event_delay_us: dict[str, float] = field(default_factory=dict)
+    proxy_cpu_s: float | None = None
+    proxy_process_cpu_s: float | None = None
+    cost: float | None = None  # µs per request (small), s per GiB (bulk), µs per stream (sse)
+    rss_kib_per_stream: float | None = None
+    idle_established: int = 0
+    idle_failed: int = 0
+    proxy_foreign_s: float = 0.0
+    load_foreign_s: float = 0.0
+    contaminated: bool = False  # the CPU figure is uncertain
+    load_contaminated: bool = False  # the throughput figure is uncertain
+    flags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.error:
+            return f"FAILED: {self.error[:200]}"
+        parts: list[str] = []
+        if self.workload == "small":
+            parts.append(f"{self.rate:,.0f} req/s, p99 {self.latency_us.get('p99', 0) / 1000:.2f} ms")
+            if self.cost is not None:
+                parts.append(f"{self.cost:.1f} µs CPU/req")
+        elif self.workload == "bulk":
+            parts.append(f"{self.rate:,.0f} MiB/s")
+            if self.cost is not None:
+                parts.append(f"{self.cost:.2f} s CPU/GiB")
+        elif self.workload == "sse":
+            delay = self.event_delay_us.get("p50")
+            parts.append(f"{self.rate:,.0f} streams/s" + (f", event delay p50 {delay:.0f} µs" if delay else ""))
+            if self.cost is not None:
+                parts.append(f"{self.cost:.0f} µs CPU/stream")
+        elif self.workload == "idle":
+            parts.append(f"{self.idle_established} streams held")
+            if self.rss_kib_per_stream is not None:
+                parts.append(f"{self.rss_kib_per_stream:.1f} KiB RSS/stream")
+        if self.errors:
+            parts.append(f"{self.errors} errors")
+        if self.contaminated or self.load_contaminated:
+            parts.append("CONTAMINATED (" + "; ".join(self.flags) + ")")
+        return ", ".join(parts)
+
+
+def sse_path(settings: Settings, *, hold: bool = False) -> str:
+    if hold:
+        return f"/sse?n=1&hold=1&size={settings.sse_event_size}"
+    return f"/sse?n={settings.sse_events}&interval_ms={settings.sse_interval_ms:g}&size={settings.sse_event_size}"
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def origin_pids(origins: Origins) -> list[int]:
+    return [pid for process in origins.processes for pid in process.group_pids()]
+
+
+def proxy_pids(running: RunningPeer) -> list[int]:
+    return running.process.group_pids() if running.process is not None else []
+
+
+def measure_load(
+    peer: Peer, workload: Workload, running: RunningPeer, origins: Origins, settings: Settings, run: int
+) -> CellResult:
+    """small, bulk and sse: warm up, then one measured window."""
+    base = f"http://{HOST}:{running.port}"
+    path = {"small": SMALL_PATH, "bulk": BULK_PATH, "sse": sse_path(settings)}[workload.name]
+    connections = settings.bulk_connections if workload.name == "bulk" else settings.connections
+    load_cpus = settings.plan.load_cpus
+    workdir = settings.workdir
+    if settings.warmup > 0:
+        load.run_http(
+            base + path, connections, settings.warmup, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
+        )
+    probe: Managed | None = None
+    first = cpu.snapshot()
+    if workload.name == "sse":
+        probe = load.start_client(
+            "sse", base + path, 1, settings.duration, workdir=workdir, cpus=load_cpus, name="client-probe"
+        )
+    try:
+        result = load.run_http(
+            base + path, connections, settings.duration, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
+        )
+        probe_result = load.finish_client(probe, settings.duration) if probe is not None else None
+    finally:
+        if probe is not None:
+            probe.stop()
+    last = cpu.snapshot()
+    window = cpu.between(first, last, settings.plan, proxy_pids(running), origin_pids(origins))
+    cell = CellResult(peer.name, workload.name, run, generator=result.generator, seconds=result.duration_s)
+    cell.requests, cell.bytes, cell.errors = result.requests, result.bytes, result.errors
+    cell.latency_us = result.latency_us
+    work: float
+    if workload.name == "small":
+        cell.rate = result.per_second
+        work = result.requests / 1e6  # cost in µs per request
+    elif workload.name == "bulk":
+        cell.rate = result.bytes / MIB / result.duration_s
+        work = result.bytes / GIB  # cost in s per GiB
+    else:
+        assert probe_result is not None
+        cell.requests += probe_result.requests
+        cell.errors += probe_result.errors
+        cell.event_delay_us = probe_result.event_delay_us
+        cell.rate = cell.requests / result.duration_s
+        work = cell.requests / 1e6  # cost in µs per stream
+    apply_window(cell, window, work if running.process is not None else None)
+    return cell
+
+
+def apply_window(cell: CellResult, window: cpu.Window, work: float | None) -> None:
+    cell.proxy_foreign_s = window.proxy_core_foreign
+    cell.load_foreign_s = window.load_core_foreign
+    cell.load_contaminated = window.load_contaminated
+    cell.flags = window.flags()
+    if work is None:  # no proxy: nothing to charge, only the load core matters
+        cell.flags = [flag for flag in cell.flags if not flag.startswith("proxy core")]
+        return
+    cell.proxy_cpu_s = window.proxy_cpu
+    cell.proxy_process_cpu_s = window.proxy_process_cpu
+    cell.contaminated = window.proxy_contaminated
+    cell.cost = window.proxy_cpu / work if work > 0 else None
+
+
+def measure_idle(
+    peer: Peer, workload: Workload, running: RunningPeer, origins: Origins, settings: Settings, run: int
+) -> CellResult:
+    """Hold N idle streams through the proxy; RSS growth over a warmed-up baseline, per stream."""
+    cell = CellResult(peer.name, workload.name, run, generator="python")
+    url = f"http://{HOST}:{running.port}{sse_path(settings, hold=True)}"
+    cpus, workdir = settings.plan.load_cpus, settings.workdir
+    count = settings.idle_connections
+    warm = load.hold_idle_streams(url, min(200, count), workdir=workdir, cpus=cpus, timeout=60)
+    warm.release()
+    time.sleep(0.3)
+    before = rss_kib(proxy_pids(running))
+    first = cpu.snapshot()
+    holder = load.hold_idle_streams(url, count, workdir=workdir, cpus=cpus, timeout=max(60.0, count / 50))
+    try:
+        time.sleep(0.5)
+        after = rss_kib(proxy_pids(running))
+        last = cpu.snapshot()
+    finally:
+        holder.release()
+    window = cpu.between(first, last, settings.plan, proxy_pids(running), origin_pids(origins))
+    cell.seconds = window.seconds
+    cell.idle_established, cell.idle_failed = holder.established, holder.failed
+    cell.errors = holder.failed
+    if running.process is not None and holder.established:
+        cell.rss_kib_per_stream = (after - before) / holder.established
+        cell.proxy_cpu_s = window.proxy_cpu
+    cell.flags = [flag for flag in window.flags() if not flag.startswith("load core")]
+    return cell
+
+
+def run_cell(
+    peer: Peer,
+    workload: Workload,
+    origins: Origins,
+    settings: Settings,
+    run: int,
+    announce: Callable[[str], None],
+) -> CellResult:
+    """Measure one cell, retrying contaminated attempts; a failure becomes a result with ``error`` set."""
+    upstream_port = origins.stream_port if workload.uses_stream_origin else origins.static_port
+    measure = measure_idle if workload.name == "idle" else measure_load
+    best: CellResult | None = None
+    for attempt in range(1, settings.retries + 2):
+        cpu.wait_until_quiet(settings.plan, settings.quiet_wait)
+        running: RunningPeer | None = None
+        try:
+            running = peer.start(upstream_port, settings.workdir, settings.plan.proxy_cpus)
+            wait_http_ready(running.process, HOST, running.port, SMALL_PATH)
+            cell = measure(peer, workload, running, origins, settings, run)
+        except (StartError, load.LoadError, OSError) as exc:
+            return CellResult(peer.name, workload.name, run, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if running is not None:
+                running.stop()
+        cell.attempt = attempt
+        if best is None or _dirt(cell) < _dirt(best):
+            best = cell
+        if not (cell.contaminated or cell.load_contaminated):
+            break
+        if attempt <= settings.retries:
+            announce(f"contaminated ({'; '.join(cell.flags)}), retrying")
+    assert best is not None
+    return best
+
+
+def _dirt(cell: CellResult) -> float:
+    return cell.proxy_foreign_s + 0.5 * cell.load_foreign_s

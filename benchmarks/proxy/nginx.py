@@ -1,0 +1,129 @@
+"""nginx, configured from scratch in a temporary directory: as the static origin and as the reference proxy.
+
+Both run one worker with keep-alive that never expires during a run; nothing is logged per request. The proxy
+follows the issue's reference setup: ``proxy_pass`` to an upstream block with keep-alive connections, HTTP/1.1
+upstream, ``proxy_buffering off`` with 64 KiB buffers, so bodies stream instead of spooling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+from .processes import Managed, spawn
+
+WORKER_CONNECTIONS = 65536
+
+COMMON = """\
+{user}worker_processes 1;
+worker_rlimit_nofile {rlimit};
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+daemon off;
+events {{
+    worker_connections {connections};
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp_body;
+    proxy_temp_path {root}/tmp_proxy;
+    fastcgi_temp_path {root}/tmp_fastcgi;
+    uwsgi_temp_path {root}/tmp_uwsgi;
+    scgi_temp_path {root}/tmp_scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server_tokens off;
+{body}
+}}
+"""
+
+ORIGIN = """\
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    server {{
+        listen {host}:{port} backlog=4096;
+        root {docroot};
+        location / {{ }}
+    }}
+"""
+
+PROXY = """\
+    upstream origin {{
+        server {upstream};
+        keepalive 128;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {host}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_buffer_size 64k;
+            proxy_buffers 8 64k;
+            proxy_read_timeout 600s;
+        }}
+    }}
+"""
+
+
+def binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None
+    )
+
+
+@cache
+def version() -> str:
+    path = binary()
+    if path is None:
+        return "absent"
+    out = subprocess.run([path, "-v"], capture_output=True, text=True, check=False)
+    match = re.search(r"nginx/(\S+)", out.stderr + out.stdout)
+    return match.group(1) if match else "unknown"
+
+
+def write_config(root: Path, body: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    config = COMMON.format(
+        user="user root;\n" if os.geteuid() == 0 else "",
+        rlimit=2 * WORKER_CONNECTIONS,
+        root=root,
+        connections=WORKER_CONNECTIONS,
+        body=body,
+    )
+    path = root / "nginx.conf"
+    path.write_text(config)
+    return path
+
+
+def start(name: str, root: Path, body: str, *, log_dir: Path, cpus: frozenset[int] | None) -> Managed:
+    path = binary()
+    if path is None:
+        raise RuntimeError("nginx is not installed")
+    config = write_config(root, body)
+    return spawn(
+        name, [path, "-p", str(root), "-c", str(config), "-e", str(root / "error.log")], log_dir=log_dir, cpus=cpus
+    )
+
+
+def start_origin(
+    root: Path, docroot: Path, host: str, port: int, *, log_dir: Path, cpus: frozenset[int] | None
+) -> Managed:
+    body = ORIGIN.format(host=host, port=port, docroot=docroot)
+    return start("nginx-origin", root, body, log_dir=log_dir, cpus=cpus)
+
+
+def start_proxy(
+    root: Path, upstream: str, host: str, port: int, *, log_dir: Path, cpus: frozenset[int] | None
+) -> Managed:
+    body = PROXY.format(upstream=upstream, host=host, port=port)
+    return start("nginx-proxy", root, body, log_dir=log_dir, cpus=cpus)

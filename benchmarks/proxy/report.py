@@ -1,0 +1,328 @@
+"""Turn cell results into medians and spreads, a markdown report with ratios and targets, and a PNG chart.
+
+Ratios are taken between medians of the same harness run: CPU cost against nginx, against the best Python
+proxy (aiohttp or Starlette, whichever is cheaper) and against the bare relay; throughput against no proxy.
+A figure marked * comes only from contaminated windows (other load on the box); clean windows are preferred.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cells import CellResult
+from .peers import PEERS
+
+PYTHON_PROXIES = ("aiohttp", "starlette")
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    low: float
+    high: float
+    count: int
+    dirty: bool  # only contaminated windows were available
+
+    def text(self, digits: int = 0, scale: float = 1.0) -> str:
+        mid = f"{self.median * scale:,.{digits}f}"
+        star = "*" if self.dirty else ""
+        if self.count < 2:
+            return mid + star
+        return f"{mid}{star} ({self.low * scale:,.{digits}f}-{self.high * scale:,.{digits}f})"
+
+
+def stat(
+    cells: Sequence[CellResult], value: Callable[[CellResult], float | None], dirty: Callable[[CellResult], bool]
+) -> Stat | None:
+    """Median and range over clean cells, or over all cells (marked dirty) when none is clean."""
+    clean = [v for c in cells if not dirty(c) and (v := value(c)) is not None]
+    chosen, is_dirty = (clean, False) if clean else ([v for c in cells if (v := value(c)) is not None], True)
+    if not chosen:
+        return None
+    return Stat(statistics.median(chosen), min(chosen), max(chosen), len(chosen), is_dirty)
+
+
+@dataclass
+class PeerFigures:
+    """Every figure of one peer, summarised over runs."""
+
+    peer: str
+    small_rate: Stat | None = None
+    small_p99_us: Stat | None = None
+    small_cost: Stat | None = None
+    bulk_rate: Stat | None = None
+    bulk_cost: Stat | None = None
+    sse_rate: Stat | None = None
+    sse_cost: Stat | None = None
+    sse_delay_p50: Stat | None = None
+    sse_delay_p99: Stat | None = None
+    idle_rss: Stat | None = None
+    idle_held: int = 0
+    errors: int = 0
+    failures: list[str] | None = None
+
+
+def _cost_dirty(cell: CellResult) -> bool:
+    return cell.contaminated
+
+
+def _rate_dirty(cell: CellResult) -> bool:
+    return cell.load_contaminated or cell.contaminated
+
+
+def summarize(results: Iterable[CellResult]) -> dict[str, PeerFigures]:
+    by_cell: dict[tuple[str, str], list[CellResult]] = {}
+    failures: dict[str, list[str]] = {}
+    for cell in results:
+        if cell.error:
+            failures.setdefault(cell.peer, []).append(f"{cell.workload} run {cell.run}: {cell.error}")
+            continue
+        by_cell.setdefault((cell.peer, cell.workload), []).append(cell)
+    figures: dict[str, PeerFigures] = {}
+    for name in PEERS:
+        if not any(peer == name for peer, _ in by_cell) and name not in failures:
+            continue
+        fig = PeerFigures(name, failures=failures.get(name))
+        small, bulk = by_cell.get((name, "small"), []), by_cell.get((name, "bulk"), [])
+        sse, idle = by_cell.get((name, "sse"), []), by_cell.get((name, "idle"), [])
+        fig.small_rate = stat(small, lambda c: c.rate, _rate_dirty)
+        fig.small_p99_us = stat(small, lambda c: c.latency_us.get("p99"), _rate_dirty)
+        fig.small_cost = stat(small, lambda c: c.cost, _cost_dirty)
+        fig.bulk_rate = stat(bulk, lambda c: c.rate, _rate_dirty)
+        fig.bulk_cost = stat(bulk, lambda c: c.cost, _cost_dirty)
+        fig.sse_rate = stat(sse, lambda c: c.rate, _rate_dirty)
+        fig.sse_cost = stat(sse, lambda c: c.cost, _cost_dirty)
+        fig.sse_delay_p50 = stat(sse, lambda c: c.event_delay_us.get("p50"), _rate_dirty)
+        fig.sse_delay_p99 = stat(sse, lambda c: c.event_delay_us.get("p99"), _rate_dirty)
+        fig.idle_rss = stat(idle, lambda c: c.rss_kib_per_stream, lambda c: False)
+        fig.idle_held = max((c.idle_established for c in idle), default=0)
+        fig.errors = sum(c.errors for cells in (small, bulk, sse, idle) for c in cells)
+        figures[name] = fig
+    return figures
+
+
+def _median(s: Stat | None) -> float | None:
+    return s.median if s is not None else None
+
+
+def ratio(a: Stat | None, b: Stat | None) -> float | None:
+    if a is None or b is None or b.median == 0:
+        return None
+    return a.median / b.median
+
+
+def best_python(figures: dict[str, PeerFigures], attr: str) -> tuple[str, Stat] | None:
+    found = [(name, s) for name in PYTHON_PROXIES if name in figures and (s := getattr(figures[name], attr))]
+    return min(found, key=lambda item: item[1].median) if found else None
+
+
+def _of(fig: PeerFigures | None, attr: str) -> Stat | None:
+    return getattr(fig, attr) if fig is not None else None
+
+
+def _cell(s: Stat | None, digits: int = 0, scale: float = 1.0) -> str:
+    return s.text(digits, scale) if s is not None else "—"
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "—"
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    measured: float | None
+    limit: float
+    applies: bool = True
+
+    @property
+    def verdict(self) -> str:
+        if not self.applies:
+            return "n/a"
+        if self.measured is None:
+            return "not measured"
+        return "met" if self.measured <= self.limit else "MISSED"
+
+
+def targets(figures: dict[str, PeerFigures], subject: str = "fastpipe") -> list[Target]:
+    """The issue's targets for fastpipe compiled, each as a ratio (or an absolute figure) from this run."""
+    fp = figures.get(subject)
+    if fp is None:
+        return []
+    get = figures.get
+    nginx, relay, aiohttp, none = get("nginx"), get("relay"), get("aiohttp"), get("none")
+    found: list[Target] = [
+        Target("CPU per 1 KiB request <= 1.5x nginx", ratio(fp.small_cost, _of(nginx, "small_cost")), 1.5),
+        Target("CPU per 1 KiB request <= 0.25x aiohttp", ratio(fp.small_cost, _of(aiohttp, "small_cost")), 0.25),
+        Target("CPU per GiB <= 1.0x nginx", ratio(fp.bulk_cost, _of(nginx, "bulk_cost")), 1.0),
+        Target("CPU per GiB <= 1.2x bare relay", ratio(fp.bulk_cost, _of(relay, "bulk_cost")), 1.2),
+        Target("CPU per SSE stream <= 1.0x nginx", ratio(fp.sse_cost, _of(nginx, "sse_cost")), 1.0),
+    ]
+    for label, attr in (("1 KiB req/s", "small_rate"), ("16 MiB MiB/s", "bulk_rate"), ("SSE streams/s", "sse_rate")):
+        base = getattr(none, attr) if none else None
+        ng = ratio(getattr(nginx, attr) if nginx else None, base)
+        mine = ratio(getattr(fp, attr), base)
+        shortfall = None if mine is None else 1.0 - mine
+        applies = ng is not None and ng >= 0.9
+        found.append(Target(f"{label} within 10% of no proxy (nginx is: {_x(ng)})", shortfall, 0.10, applies))
+    found.append(Target("RSS per idle streaming connection < 16 KiB", _median(fp.idle_rss), 16.0))
+    return found
+
+
+def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
+    lines: list[str] = []
+    add = lines.append
+    add(f"### Proxy benchmark, {meta['date']}")
+    add("")
+    add(
+        f"{meta['machine']}; {meta['pinning']}. Origin: {meta['origin']}; load: {meta['generator']}. "
+        f"{meta['runs']} run(s) x {meta['duration']:g} s per cell; median (min-max over runs); "
+        "* = only contaminated windows (other load on the box)."
+    )
+    add("")
+    add("**CPU cost of the proxy** (its core's busy time / work done; lower is better)")
+    add("")
+    add("| peer | µs per 1 KiB request | s per GiB (16 MiB bodies) | µs per SSE stream | KiB RSS per idle stream |")
+    add("| --- | --- | --- | --- | --- |")
+    for name, fig in figures.items():
+        if name == "none":
+            continue
+        add(
+            f"| {PEERS[name].label} | {_cell(fig.small_cost, 1)} | {_cell(fig.bulk_cost, 2)} | "
+            f"{_cell(fig.sse_cost)} | {_cell(fig.idle_rss, 1)} |"
+        )
+    add("")
+    add("**Throughput and latency** (as seen by the load generator)")
+    add("")
+    add("| peer | 1 KiB req/s | p99 ms | 16 MiB MiB/s | SSE streams/s | SSE event delay p50 / p99 µs | added p50 µs |")
+    add("| --- | --- | --- | --- | --- | --- | --- |")
+    none = figures.get("none")
+    base_delay = _median(none.sse_delay_p50) if none else None
+    for name, fig in figures.items():
+        delay = _median(fig.sse_delay_p50)
+        added = f"{delay - base_delay:,.0f}" if delay is not None and base_delay is not None and name != "none" else "—"
+        p99 = _median(fig.sse_delay_p99)
+        delays = f"{delay:,.0f} / {p99:,.0f}" if delay is not None and p99 is not None else "—"
+        add(
+            f"| {PEERS[name].label} | {_cell(fig.small_rate)} | {_cell(fig.small_p99_us, 2, 1e-3)} | "
+            f"{_cell(fig.bulk_rate)} | {_cell(fig.sse_rate)} | {delays} | {added} |"
+        )
+    add("")
+    add("**Ratios** (CPU cost: peer / reference; throughput: peer / no proxy)")
+    add("")
+    add(
+        "| peer | req CPU / nginx | req CPU / best Py | GiB CPU / nginx | GiB CPU / relay | SSE CPU / nginx "
+        "| SSE CPU / best Py | req/s / none | MiB/s / none | streams/s / none |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    nginx, relay = figures.get("nginx"), figures.get("relay")
+    best_small, best_sse = best_python(figures, "small_cost"), best_python(figures, "sse_cost")
+    references: list[tuple[str, Stat | None]] = [
+        ("small_cost", _of(nginx, "small_cost")),
+        ("small_cost", best_small[1] if best_small else None),
+        ("bulk_cost", _of(nginx, "bulk_cost")),
+        ("bulk_cost", _of(relay, "bulk_cost")),
+        ("sse_cost", _of(nginx, "sse_cost")),
+        ("sse_cost", best_sse[1] if best_sse else None),
+        ("small_rate", _of(none, "small_rate")),
+        ("bulk_rate", _of(none, "bulk_rate")),
+        ("sse_rate", _of(none, "sse_rate")),
+    ]
+    for name, fig in figures.items():
+        if name != "none":
+            add(f"| {name} | " + " | ".join(_x(ratio(getattr(fig, attr), ref)) for attr, ref in references) + " |")
+    if best_small or best_sse:
+        add("")
+        add(
+            "Best Python proxy: "
+            f"per request {best_small[0] if best_small else '—'}, per SSE stream {best_sse[0] if best_sse else '—'}."
+        )
+    found = targets(figures)
+    add("")
+    if found:
+        add("**Targets** (fastpipe, compiled Pipe)")
+        add("")
+        add("| target | measured | verdict |")
+        add("| --- | --- | --- |")
+        for target in found:
+            if target.measured is None:
+                shown = "—"
+            elif "within 10%" in target.text:
+                shown = f"{target.measured:+.1%} below no proxy" if target.measured > 0 else "at or above no proxy"
+            elif "RSS" in target.text:
+                shown = f"{target.measured:.1f} KiB"
+            else:
+                shown = f"{target.measured:.2f}x"
+            add(f"| {target.text} | {shown} | {target.verdict} |")
+    else:
+        add("**Targets**: fastpipe (compiled) was not measured in this run.")
+    notes = meta.get("notes", [])
+    skipped = meta.get("skipped", {})
+    failed = {name: fig.failures for name, fig in figures.items() if fig.failures}
+    if skipped or failed or notes:
+        add("")
+        for name, reason in skipped.items():
+            add(f"- skipped {name}: {reason}")
+        for name, failures in failed.items():
+            for failure in failures or []:
+                add(f"- {name} failed: {failure}")
+        for note in notes:
+            add(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+PANELS: Sequence[tuple[str, str, str, bool]] = (
+    ("small_cost", "CPU µs per 1 KiB request", "lower is better", True),
+    ("bulk_cost", "CPU s per GiB (16 MiB bodies)", "lower is better", False),
+    ("sse_cost", "CPU µs per 100-event SSE stream", "lower is better", True),
+    ("idle_rss", "KiB RSS per idle stream", "lower is better", False),
+    ("small_rate", "1 KiB requests/s", "higher is better", False),
+    ("bulk_rate", "16 MiB bodies, MiB/s", "higher is better", False),
+)
+COLORS = {"none": "#9e9e9e", "reference": "#2e7d32", "relay": "#6d4c41", "fastpipe": "#1565c0", "python": "#ef6c00"}
+
+
+def chart(figures: dict[str, PeerFigures], meta: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for axis, (attr, title, hint, log_scale) in zip(axes.flat, PANELS, strict=True):
+        rows = [(name, s) for name, f in figures.items() if (s := getattr(f, attr)) is not None]
+        if not rows:
+            axis.set_title(f"{title}\n(not measured)")
+            axis.axis("off")
+            continue
+        names = [PEERS[name].name + ("*" if s.dirty else "") for name, s in rows]
+        medians = [s.median for _, s in rows]
+        low = [s.median - s.low for _, s in rows]
+        high = [s.high - s.median for _, s in rows]
+        colors = [COLORS[PEERS[name].kind] for name, _ in rows]
+        positions = list(range(len(rows)))
+        axis.barh(positions, medians, xerr=[low, high], color=colors, capsize=3)
+        axis.set_yticks(positions, names)
+        axis.invert_yaxis()
+        if log_scale and max(medians) > 20 * max(min(medians), 1e-9):
+            axis.set_xscale("log")
+        axis.set_title(f"{title}\n({hint})", fontsize=10)
+        for pos, value in zip(positions, medians, strict=True):
+            axis.annotate(f" {value:,.3g}", (value, pos), va="center", fontsize=8)
+        axis.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"fastpipe and peers as reverse proxies: {meta['date']}, {meta['machine']}", fontsize=11)
+    fig.text(
+        0.5,
+        0.005,
+        meta["pinning"] + "; bars: median, whiskers: min-max over runs; * contaminated",
+        ha="center",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
