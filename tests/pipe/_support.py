@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -192,6 +193,21 @@ class ReleaseRecorder:
         self.calls.append(ReleaseCall(pipe.state, pipe.owner is None, task))
         if self.raises is not None:
             raise self.raises
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Make ``gc.collect()`` cheap inside the block: what exists now is moved out of the collector's view.
+
+    Only objects created inside the block are examined, which is all a test of the pipe's own references
+    needs; the heap of the test session (hypothesis, pytest) is large and would make each pass slow.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager

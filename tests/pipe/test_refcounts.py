@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ._endings import ENDINGS, Ending
-from ._support import BareSource, Owner, unique_chunks
+from ._support import BareSource, Owner, frozen_heap, unique_chunks
 
 ROUNDS = 3
 
@@ -30,29 +30,31 @@ async def test_refcounts_return_to_their_start_after_each_terminal_path(impl: Mo
         releases.append(pipe.state)
 
     tracked = [owner, on_release, *chunks]
-    gc.collect()
-    before = _counts(tracked)
-    for _ in range(ROUNDS):
-        pipe = await ending.run(impl, owner, chunks, on_release)
+    with frozen_heap():
+        before = _counts(tracked)
+        for _ in range(ROUNDS):
+            pipe = await ending.run(impl, owner, chunks, on_release)
+            gc.collect()
+            # A finished pipe holds nothing of the owner's; an errored one may keep its exception (and
+            # the frames that raised it), so chunks are compared once the pipe is gone.
+            after = _counts(tracked)
+            assert after[0] == before[0], "the finished pipe still references the owner"
+            if ending.final_state != "errored":
+                assert after[2:] == before[2:], "the finished pipe still references a chunk"
+            del pipe
         gc.collect()
-        # A finished pipe holds nothing of the owner's; an errored one may keep its exception (and
-        # the frames that raised it), so chunks are compared once the pipe is gone.
         after = _counts(tracked)
-        assert after[0] == before[0], "the finished pipe still references the owner"
-        if ending.final_state != "errored":
-            assert after[2:] == before[2:], "the finished pipe still references a chunk"
-        del pipe
-    gc.collect()
-    assert _counts(tracked) == before
+    assert after == before
     assert releases == [ending.final_state] * ROUNDS
 
 
 async def test_refcounts_return_after_a_pipe_is_dropped_unopened(impl: ModuleType) -> None:
     owner = Owner()
     source = BareSource([b"x"])
-    gc.collect()
-    before = _counts([owner, source])
-    for _ in range(ROUNDS):
-        impl.Pipe(source, owner)  # idle and dropped at once: no warning, nothing kept
-    gc.collect()
-    assert _counts([owner, source]) == before
+    with frozen_heap():
+        before = _counts([owner, source])
+        for _ in range(ROUNDS):
+            impl.Pipe(source, owner)  # idle and dropped at once: no warning, nothing kept
+        gc.collect()
+        after = _counts([owner, source])
+    assert after == before
