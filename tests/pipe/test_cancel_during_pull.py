@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -18,15 +19,26 @@ LATE_OUTCOMES: dict[str, Any] = {
 }
 
 
-async def _pending_pull(impl: ModuleType, stall: Stall, released: ReleaseRecorder) -> tuple[Any, Any, Any]:
+@dataclass
+class _PendingPull:
+    """A pipe with one chunk read and a second pull waiting at the stall, in its own task."""
+
+    pipe: Any
+    task: asyncio.Task[Any]
+    owner_ref: weakref.ref[Owner]
+    source: ScriptedSource
+
+
+async def _pending_pull(impl: ModuleType, stall: Stall, released: ReleaseRecorder) -> _PendingPull:
     owner = Owner()
     owner_ref = weakref.ref(owner)
     source = ScriptedSource([b"first", stall, b"never read"])
     pipe = impl.Pipe(source, owner, on_release=released)
+    del owner
     assert await pull(pipe) == b"first"
     task = asyncio.ensure_future(pull(pipe))
     await stall.reached()
-    return pipe, task, (owner_ref, source)
+    return _PendingPull(pipe, task, owner_ref, source)
 
 
 @pytest.mark.parametrize("late", sorted(LATE_OUTCOMES))
@@ -34,7 +46,8 @@ async def _pending_pull(impl: ModuleType, stall: Stall, released: ReleaseRecorde
 async def test_cancel_during_pending_pull_discards_what_the_read_brings(impl: ModuleType, late: str, how: str) -> None:
     stall = Stall()
     released = ReleaseRecorder()
-    pipe, task, (owner_ref, source) = await _pending_pull(impl, stall, released)
+    pending = await _pending_pull(impl, stall, released)
+    pipe, task, owner_ref, source = pending.pipe, pending.task, pending.owner_ref, pending.source
     with loop_errors() as errors:
         if how == "aclose":
             await pipe.aclose()  # returns without waiting for the pending read
@@ -70,7 +83,8 @@ async def test_cancel_during_pending_pull_discards_what_the_read_brings(impl: Mo
 async def test_aclose_during_pending_pull_returns_before_the_read_completes(impl: ModuleType) -> None:
     stall = Stall()
     released = ReleaseRecorder()
-    pipe, task, _ = await _pending_pull(impl, stall, released)
+    pending = await _pending_pull(impl, stall, released)
+    pipe, task = pending.pipe, pending.task
     closer = asyncio.ensure_future(pipe.aclose())
     await asyncio.sleep(0)
     await asyncio.sleep(0)

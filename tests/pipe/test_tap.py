@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ._support import BareSource, Owner, RecordingSink, ScriptedSource, Stall, drain, loop_errors, unique_chunks
+from ._support import BareSource, Owner, RecordingSink, ScriptedSource, Stall, drain, loop_errors, pull, unique_chunks
 
 
 async def test_tap_sees_every_chunk_object_before_the_consumer(impl: ModuleType) -> None:
@@ -60,7 +60,7 @@ async def test_tap_does_not_see_a_chunk_discarded_by_cancellation(impl: ModuleTy
     stall = Stall()
     seen: list[Any] = []
     pipe = impl.Pipe(ScriptedSource([b"a", stall]), Owner()).tap(seen.append)
-    assert await drain_one(pipe) == b"a"
+    assert await pull(pipe) == b"a"
     task = asyncio.ensure_future(drain(pipe))
     await stall.reached()
     await pipe.aclose()
@@ -86,7 +86,3 @@ async def test_tap_sees_pushed_chunks_on_both_consumer_kinds(impl: ModuleType) -
     connected.feed(b"y")
     connected.feed_eof()
     assert sunk_seen == sink.chunks == [b"x", b"y"]
-
-
-async def drain_one(pipe: Any) -> Any:
-    return await pipe.__anext__()
