@@ -42,16 +42,17 @@ async def stream_response(
     if isinstance(disconnect_poll, bool) or not 0 < disconnect_poll < math.inf:
         raise ValueError(f"disconnect_poll must be a finite number of seconds > 0, got {disconnect_poll!r}")
     response = web.StreamResponse(status=status, headers=headers)
+    delivering = False
     try:
         await response.prepare(request)
         if pipe is None or request.method == "HEAD":
             complete = True
         else:
-            watcher = _disconnected(request, disconnect_poll)
-            complete = await deliver(pipe, response.write, watcher, on_disconnect)
+            delivering = True  # from here on deliver() finishes the pipe, also in a drain that outlives us
+            complete = await deliver(pipe, response.write, _disconnected(request, disconnect_poll), on_disconnect)
     finally:
-        if pipe is not None:
-            await pipe.aclose()  # a no-op on a finished pipe; HEAD and early failures need it
+        if pipe is not None and not delivering:
+            await pipe.aclose()  # HEAD, or prepare() failed: nobody will read it
     if complete:
         await response.write_eof()
     return response

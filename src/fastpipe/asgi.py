@@ -60,6 +60,7 @@ class PipeResponse(_ResponseBase):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pipe = self.pipe
+        delivering = False
         try:
             if scope["type"] != "http":
                 raise RuntimeError(f"PipeResponse answers HTTP requests, not {scope['type']!r}")
@@ -67,11 +68,12 @@ class PipeResponse(_ResponseBase):
             if pipe is None or scope.get("method") == "HEAD":
                 complete = True
             else:
+                delivering = True  # from here on deliver() finishes the pipe, also in a drain that outlives us
                 write = _BodyWriter(send)
                 complete = await deliver(pipe, write, _disconnected(receive), self.on_disconnect)
         finally:
-            if pipe is not None:
-                await pipe.aclose()  # a no-op on a finished pipe; HEAD and early failures need it
+            if pipe is not None and not delivering:
+                await pipe.aclose()  # HEAD, or the start failed: nobody will read it
         if complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:

@@ -130,10 +130,14 @@ async def test_upstream_failure_is_a_broken_response_never_a_clean_end(impl: Mod
                 await response.read()
 
 
-@pytest.mark.parametrize("policy", ["drain", "cancel"])
+@pytest.mark.parametrize(
+    ("policy", "handler_cancellation"), [("drain", False), ("drain", True), ("cancel", False), ("cancel", True)]
+)
 async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
-    impl: ModuleType, origin: Origin, policy: str
+    impl: ModuleType, origin: Origin, policy: str, handler_cancellation: bool
 ) -> None:
+    """With ``handler_cancellation`` aiohttp cancels the handler when the client leaves: a drain then
+    goes on without it, in the sending task, until its bounds."""
     usage: list[dict[str, int]] = []
     pipes: list[Any] = []
 
@@ -152,7 +156,7 @@ async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
             pipes.append(pipe)
             return pipe
 
-        async with gateway(make, on_disconnect=on_disconnect) as port:
+        async with gateway(make, handler_cancellation=handler_cancellation, on_disconnect=on_disconnect) as port:
             await get_then_leave(port, "/", 60)
             await wait_until(lambda: bool(pipes) and pipes[0].state != "open", 3, "the pipe to finish")
     if policy == "drain":

@@ -140,9 +140,10 @@ async def test_upstream_failure_is_a_broken_response_never_a_clean_end(impl: Mod
     assert app.responses[0].pipe is not None and app.responses[0].pipe.state == "errored"
 
 
+@pytest.mark.parametrize("server", ["uvicorn-httptools", "hypercorn"])
 @pytest.mark.parametrize("policy", ["drain", "cancel"])
 async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
-    impl: ModuleType, origin: Origin, policy: str
+    impl: ModuleType, origin: Origin, policy: str, server: str
 ) -> None:
     """The gateway's quota case: the client leaves after the first event; with ``drain`` the final usage
     event still reaches the tap, with ``cancel`` it does not (and the upstream is closed at once)."""
@@ -163,7 +164,7 @@ async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
             return PipeResponse(pipe, media_type="text/event-stream", on_disconnect=on_disconnect)
 
         app = PipeApp(make)
-        async with asgi_server("uvicorn-httptools", app) as port:
+        async with asgi_server(server, app) as port:
             head_and_first_event = await get_then_leave(port, "/", 60)
             assert b"text/event-stream" in head_and_first_event
             await wait_until(lambda: origin.exchanges and origin.exchanges[0].outcome != "streaming", 2, "the origin")

@@ -367,3 +367,37 @@ async def test_pump_needs_a_flow_protocol(impl: ModuleType) -> None:
         with pytest.raises(TypeError, match="FlowProtocol"):
             await pump(pipe, transport)
         transport.close()
+
+
+# -- a tee's primary on the push face -------------------------------------------------------------------------
+
+
+async def test_tee_primary_pumped_on_the_push_face_paces_the_source(impl: ModuleType) -> None:
+    """pump() connects the primary branch (a pushed pipe): a stalled client pauses the tee's reader, and
+    the secondary still gets every chunk."""
+    from fastpipe.tee import tee
+
+    total = BIG // 16384
+    sources: list[Any] = []
+    side_results: list[int] = []
+    side_tasks: list[asyncio.Future[None]] = []
+
+    async def read_side(side: Any) -> None:
+        side_results.append(sum([len(chunk) async for chunk in side]))
+
+    async def make() -> Any:
+        source = impl.Pipe(chunks(total, 16384))
+        sources.append(source)
+        primary, side = tee(source, 2, max_buffer=BIG)
+        side_tasks.append(asyncio.ensure_future(read_side(side)))
+        return primary
+
+    async with pumping_server(make) as (port, outcomes):
+        reader, writer = await stalled_client(port)
+        await asyncio.sleep(0.4)
+        assert sources[0].nbytes < BIG // 2, "the tee read on while the client was stalled"
+        body = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await wait_until(lambda: bool(side_results), 2, "the secondary to finish")
+    assert len(body) == BIG and outcomes == [True]
+    assert side_results == [BIG]
