@@ -4,7 +4,8 @@ Workloads:
   small  1 KiB responses, keep-alive, 64 connections: requests/s, p99 latency, CPU µs per request
   bulk   16 MiB responses, 4 connections: MiB/s, CPU seconds per GiB
   sse    paced SSE streams (100 events, 1 ms apart) on 64 connections, plus one probe connection that measures
-         each event's delay: streams/s, added per-event latency, CPU µs per stream
+         each event's delay (the origin's send time to the client's arrival time), once alone and once under
+         the load: streams/s, per-event latency, CPU µs per stream
   idle   N held SSE streams (head and one event, then silence): proxy RSS per stream
 
 A contaminated window (other load on the box) is retried; the cleanest attempt is kept and flagged if needed.
@@ -23,6 +24,7 @@ from .origin import BULK_PATH, HOST, SMALL_PATH, Origins
 from .peers import Peer, RunningPeer
 from .processes import Managed, StartError, wait_http_ready
 
+PROBE_ALONE_S = 1.5
 GIB = 1024**3
 MIB = 1024**2
 
@@ -75,7 +77,8 @@ class CellResult:
     errors: int = 0
     rate: float = 0.0  # requests/s (small), MiB/s (bulk), streams/s (sse)
     latency_us: dict[str, float] = field(default_factory=dict)
-    event_delay_us: dict[str, float] = field(default_factory=dict)
+    event_delay_us: dict[str, float] = field(default_factory=dict)  # the probe stream under load
+    event_delay_alone_us: dict[str, float] = field(default_factory=dict)  # the probe stream alone
     proxy_cpu_s: float | None = None
     proxy_process_cpu_s: float | None = None
     cost: float | None = None  # µs per request (small), s per GiB (bulk), µs per stream (sse)
@@ -105,8 +108,10 @@ class CellResult:
             if self.cost is not None:
                 parts.append(f"{self.cost:.2f} s CPU/GiB")
         elif self.workload == "sse":
-            delay = self.event_delay_us.get("p50")
-            parts.append(f"{self.rate:,.0f} streams/s" + (f", event delay p50 {delay:.0f} µs" if delay else ""))
+            alone, loaded = self.event_delay_alone_us.get("p50"), self.event_delay_us.get("p50")
+            parts.append(f"{self.rate:,.0f} streams/s")
+            if alone is not None and loaded is not None:
+                parts.append(f"event delay p50 {alone:.0f} µs alone, {loaded:.0f} µs loaded")
             if self.cost is not None:
                 parts.append(f"{self.cost:.0f} µs CPU/stream")
         elif self.workload == "idle":
@@ -160,22 +165,29 @@ def measure_load(
         load.run_http(
             base + path, connections, settings.warmup, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
         )
+    unloaded_delay: dict[str, float] = {}
+    if workload.name == "sse":  # one stream alone first: the per-event delay with no queueing behind others
+        alone_s = min(PROBE_ALONE_S, settings.duration)
+        alone = load.start_client("sse", base + path, 1, alone_s, workdir=workdir, cpus=load_cpus, name="client-probe")
+        unloaded_delay = load.finish_client(alone, alone_s).event_delay_us
+    cpu.wait_idle(proxy_pids(running))  # leftovers of the warm-up must not land in the window
     probe: Managed | None = None
-    first = cpu.snapshot()
     if workload.name == "sse":
         probe = load.start_client(
             "sse", base + path, 1, settings.duration, workdir=workdir, cpus=load_cpus, name="client-probe"
         )
     try:
+        first = cpu.snapshot()
         result = load.run_http(
             base + path, connections, settings.duration, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
         )
+        last = cpu.snapshot()  # at once: what the proxy does after the load stops is not work done
+        ours = origin_pids(origins) + (probe.group_pids() if probe is not None else [])
+        window = cpu.between(first, last, settings.plan, proxy_pids(running), ours)
         probe_result = load.finish_client(probe, settings.duration) if probe is not None else None
     finally:
         if probe is not None:
             probe.stop()
-    last = cpu.snapshot()
-    window = cpu.between(first, last, settings.plan, proxy_pids(running), origin_pids(origins))
     cell = CellResult(peer.name, workload.name, run, generator=result.generator, seconds=result.duration_s)
     cell.requests, cell.bytes, cell.errors = result.requests, result.bytes, result.errors
     cell.latency_us = result.latency_us
@@ -191,8 +203,12 @@ def measure_load(
         cell.requests += probe_result.requests
         cell.errors += probe_result.errors
         cell.event_delay_us = probe_result.event_delay_us
-        cell.rate = cell.requests / result.duration_s
-        work = cell.requests / 1e6  # cost in µs per stream
+        cell.event_delay_alone_us = unloaded_delay
+        cell.rate = result.requests / result.duration_s
+        # wrk stops with one stream in flight per connection, on average half relayed and not counted
+        # (the Python client instead finishes its streams before it exits).
+        in_flight = 0.5 * connections if result.generator == "wrk" else 0.0
+        work = (cell.requests + in_flight) / 1e6  # cost in µs per stream
     apply_window(cell, window, work if running.process is not None else None)
     return cell
 

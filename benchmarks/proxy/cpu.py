@@ -188,12 +188,34 @@ def between(
     )
 
 
+def process_cpu(pids: Iterable[int]) -> float:
+    processes = read_processes()
+    return sum(processes[pid][1] for pid in pids if pid in processes)
+
+
+def wait_idle(pids: list[int], quiet_s: float = 0.2, max_wait: float = 10.0) -> float:
+    """Wait until ``pids`` used no CPU for ``quiet_s`` (a proxy still draining the warm-up's streams, say)."""
+    started = time.monotonic()
+    quiet_since = started
+    last = process_cpu(pids)
+    while time.monotonic() - started < max_wait:
+        time.sleep(0.05)
+        now = process_cpu(pids)
+        if now > last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+    return time.monotonic() - started
+
+
 def wait_until_quiet(plan: CorePlan, max_wait: float, busy_share: float = 0.25) -> float:
     """Before a cell, wait (at most ``max_wait`` s) until neither core is busier than ``busy_share``.
 
     Our origins are idle between cells, so what shows here is other people's load. Returns seconds waited.
     """
     waited = 0.0
+    if max_wait <= 0:
+        return waited
     cores = [core for core in (plan.proxy, plan.load) if core is not None] or sorted(os.sched_getaffinity(0))
     while True:
         before = read_cores()

@@ -59,6 +59,8 @@ class PeerFigures:
     sse_rate: Stat | None = None
     sse_cost: Stat | None = None
     sse_delay_p50: Stat | None = None
+    sse_delay_alone_p50: Stat | None = None
+    sse_added_alone: Stat | None = None  # over no proxy's median in the same run
     sse_delay_p99: Stat | None = None
     idle_rss: Stat | None = None
     idle_held: int = 0
@@ -98,10 +100,19 @@ def summarize(results: Iterable[CellResult]) -> dict[str, PeerFigures]:
         fig.sse_cost = stat(sse, lambda c: c.cost, _cost_dirty)
         fig.sse_delay_p50 = stat(sse, lambda c: c.event_delay_us.get("p50"), _rate_dirty)
         fig.sse_delay_p99 = stat(sse, lambda c: c.event_delay_us.get("p99"), _rate_dirty)
+        fig.sse_delay_alone_p50 = stat(sse, lambda c: c.event_delay_alone_us.get("p50"), lambda c: False)
         fig.idle_rss = stat(idle, lambda c: c.rss_kib_per_stream, lambda c: False)
         fig.idle_held = max((c.idle_established for c in idle), default=0)
         fig.errors = sum(c.errors for cells in (small, bulk, sse, idle) for c in cells)
         figures[name] = fig
+    none = figures.get("none")
+    base = none.sse_delay_alone_p50 if none else None
+    for name, fig in figures.items():
+        alone = fig.sse_delay_alone_p50
+        if name != "none" and alone is not None and base is not None:
+            fig.sse_added_alone = Stat(
+                alone.median - base.median, alone.low - base.median, alone.high - base.median, alone.count, False
+            )
     return figures
 
 
@@ -126,6 +137,10 @@ def _of(fig: PeerFigures | None, attr: str) -> Stat | None:
 
 def _cell(s: Stat | None, digits: int = 0, scale: float = 1.0) -> str:
     return s.text(digits, scale) if s is not None else "—"
+
+
+def _num(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "—"
 
 
 def _x(value: float | None) -> str:
@@ -198,18 +213,23 @@ def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
     add("")
     add("**Throughput and latency** (as seen by the load generator)")
     add("")
-    add("| peer | 1 KiB req/s | p99 ms | 16 MiB MiB/s | SSE streams/s | SSE event delay p50 / p99 µs | added p50 µs |")
-    add("| --- | --- | --- | --- | --- | --- | --- |")
+    add(
+        "| peer | 1 KiB req/s | p99 ms | 16 MiB MiB/s | SSE streams/s "
+        "| SSE event delay p50 µs, alone / loaded | added by the proxy, alone / loaded | loaded p99 µs |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
     none = figures.get("none")
-    base_delay = _median(none.sse_delay_p50) if none else None
+    base_alone, base_loaded = _median(_of(none, "sse_delay_alone_p50")), _median(_of(none, "sse_delay_p50"))
     for name, fig in figures.items():
-        delay = _median(fig.sse_delay_p50)
-        added = f"{delay - base_delay:,.0f}" if delay is not None and base_delay is not None and name != "none" else "—"
-        p99 = _median(fig.sse_delay_p99)
-        delays = f"{delay:,.0f} / {p99:,.0f}" if delay is not None and p99 is not None else "—"
+        alone, loaded, p99 = _median(fig.sse_delay_alone_p50), _median(fig.sse_delay_p50), _median(fig.sse_delay_p99)
+        delays = f"{_num(alone)} / {_num(loaded)}"
+        added = "—"
+        if name != "none" and None not in (alone, loaded, base_alone, base_loaded):
+            assert alone is not None and loaded is not None and base_alone is not None and base_loaded is not None
+            added = f"{alone - base_alone:,.0f} / {loaded - base_loaded:,.0f}"
         add(
             f"| {PEERS[name].label} | {_cell(fig.small_rate)} | {_cell(fig.small_p99_us, 2, 1e-3)} | "
-            f"{_cell(fig.bulk_rate)} | {_cell(fig.sse_rate)} | {delays} | {added} |"
+            f"{_cell(fig.bulk_rate)} | {_cell(fig.sse_rate)} | {delays} | {added} | {_num(p99)} |"
         )
     add("")
     add("**Ratios** (CPU cost: peer / reference; throughput: peer / no proxy)")
@@ -282,8 +302,16 @@ PANELS: Sequence[tuple[str, str, str, bool]] = (
     ("idle_rss", "KiB RSS per idle stream", "lower is better", False),
     ("small_rate", "1 KiB requests/s", "higher is better", False),
     ("bulk_rate", "16 MiB bodies, MiB/s", "higher is better", False),
+    ("sse_rate", "SSE streams/s (paced)", "higher is better", False),
+    ("sse_added_alone", "µs added per SSE event (alone)", "lower is better", False),
 )
 COLORS = {"none": "#9e9e9e", "reference": "#2e7d32", "relay": "#6d4c41", "fastpipe": "#1565c0", "python": "#ef6c00"}
+
+
+def _short(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def chart(figures: dict[str, PeerFigures], meta: dict[str, Any], path: Path) -> None:
@@ -292,7 +320,7 @@ def chart(figures: dict[str, PeerFigures], meta: dict[str, Any], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8))
     for axis, (attr, title, hint, log_scale) in zip(axes.flat, PANELS, strict=True):
         rows = [(name, s) for name, f in figures.items() if (s := getattr(f, attr)) is not None]
         if not rows:
@@ -312,7 +340,7 @@ def chart(figures: dict[str, PeerFigures], meta: dict[str, Any], path: Path) -> 
             axis.set_xscale("log")
         axis.set_title(f"{title}\n({hint})", fontsize=10)
         for pos, value in zip(positions, medians, strict=True):
-            axis.annotate(f" {value:,.3g}", (value, pos), va="center", fontsize=8)
+            axis.annotate(" " + _short(value), (value, pos), va="center", fontsize=8)
         axis.grid(axis="x", alpha=0.3)
     fig.suptitle(f"fastpipe and peers as reverse proxies: {meta['date']}, {meta['machine']}", fontsize=11)
     fig.text(
