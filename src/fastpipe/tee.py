@@ -219,18 +219,30 @@ class _Tee:
     async def _read(self) -> None:
         source = self._source
         assert source is not None
+        pull = source.__anext__
+        fed = self._fed
         try:
             while not self._stopping:
-                if not self._ready.is_set():
-                    await self._ready.wait()
+                if self._blocking:
+                    await self._ready.wait()  # also set by _cut(), to stop
                     continue
                 try:
-                    chunk = await source.__anext__()
+                    chunk = await pull()
                 except StopAsyncIteration:
                     self._end(None)
                     return
-                if not self._stopping:
-                    self._distribute(chunk)
+                if self._stopping:
+                    break
+                if self._draining and self._drain_bound_reached(chunk):
+                    break
+                # The hot loop: one feed per branch still fed, then a look at whether it asked to pause.
+                for index, branch in enumerate(fed):
+                    if branch is not None:
+                        branch.feed(chunk)
+                        if index and branch.paused and fed[index] is branch and not self._draining:
+                            # A paused secondary is a slow one: detach it (in a drain it sets the pace).
+                            fed[index] = None
+                            branch.feed_error(BranchOverflow(index, self._max_buffer))
         except asyncio.CancelledError:
             if not self._stopping:  # cancelled from outside (loop shutdown): nobody may see a clean end
                 self._cut("the tee's reader task was cancelled")
@@ -244,22 +256,12 @@ class _Tee:
             self._source = None
             await source.aclose()  # a no-op unless the reader stopped before the source's end
 
-    def _distribute(self, chunk: Any) -> None:
-        if self._draining:
-            self._drained += chunk_nbytes(chunk)
-            if self._drained > self._policy.max_bytes:
-                self._cut(f"the drain byte bound ({self._policy.max_bytes} bytes) was reached")
-                return
-        fed = self._fed
-        for index in range(len(fed)):
-            branch = fed[index]
-            if branch is None:
-                continue
-            branch.feed(chunk)
-            # A paused secondary is a slow one: detach it, unless it is draining (then it sets the pace).
-            if index and not self._draining and fed[index] is branch and branch.paused:
-                fed[index] = None
-                branch.feed_error(BranchOverflow(index, self._max_buffer))
+    def _drain_bound_reached(self, chunk: Any) -> bool:
+        self._drained += chunk_nbytes(chunk)
+        if self._drained <= self._policy.max_bytes:
+            return False
+        self._cut(f"the drain byte bound ({self._policy.max_bytes} bytes) was reached")
+        return True
 
     def _end(self, error: BaseException | None) -> None:
         """The source ended (error None) or failed: every branch still fed learns it the same way."""
