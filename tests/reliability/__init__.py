@@ -1,0 +1,1 @@
+"""Reliability under faults, hostile input and long runs: fault injection, smuggling, fuzzing, slowloris."""
