@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ._errors import report_callback_error
 
@@ -33,8 +32,7 @@ DEFAULT_MAX_EVENT_SIZE = 1 << 20
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One dispatched event: ``event`` is the type, ``id`` the last event ID, ``retry`` the last retry."""
 
     data: str
@@ -107,7 +105,7 @@ class EventTap:
             self._tail.clear()
             self._size -= self._tail_size
             self._tail_size = 0
-        lines = _LINE_END.split(text)
+        lines = _LINE_END.split(text) if "\r" in text else text.split("\n")  # LF-only: the common case
         rest = lines.pop()
         if not rest and text[-1] == "\r":
             self._skip_lf = True
