@@ -58,7 +58,8 @@ def build_app(upstream: str) -> web.Application:
     app.router.add_get("/proxy/{path:.*}", proxy)
 
     async def session_context(app: web.Application) -> AsyncIterator[None]:
-        app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
+        # aiohttp decompresses: the pipe carries the decoded body, so Content-Encoding is not passed on.
+        app[SESSION] = aiohttp.ClientSession()
         yield
         await app[SESSION].close()
 

@@ -45,7 +45,10 @@ def build_app(upstream: str) -> FastAPI:
 
     @app.get("/proxy/{path:path}")
     async def proxy(path: str, request: Request) -> PipeResponse:
-        upstream_request = client.build_request("GET", f"/{path}", params=request.query_params)
+        # The usage tap reads the events: ask for them uncompressed (aiter_raw passes bytes on as they come).
+        upstream_request = client.build_request(
+            "GET", f"/{path}", params=request.query_params, headers={"accept-encoding": "identity"}
+        )
         response = await client.send(upstream_request, stream=True)
         headers = {name: value for name, value in response.headers.items() if name.lower() in PASSED_HEADERS}
         to_client, to_billing = tee(from_httpx(response), 2, on_disconnect=ON_DISCONNECT)
