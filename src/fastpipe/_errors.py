@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 __all__ = ("PipeError", "report_callback_error")
 
 
@@ -19,13 +22,9 @@ def report_callback_error(message: str, exc: BaseException, pipe: object) -> Non
     Such errors must never leak into the stream: the client's body is not the place to learn that a
     metrics hook is broken. Outside a running loop they go to ``sys.unraisablehook``.
     """
-    import asyncio
-
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        import sys
-
         sys.unraisablehook(_Unraisable(exc, message, pipe))  # type: ignore[arg-type]
         return
     loop.call_exception_handler({"message": message, "exception": exc, "pipe": pipe})

@@ -36,7 +36,7 @@ cdef class Pipe:
     cdef bint _paused
     cdef object _producer           # has pause_reading()/resume_reading(); an asyncio transport fits
     cdef object _sink               # has write(chunk) and end(pipe)
-    cdef object _sink_write         # bound sink.write, looked up once
+    cdef object _sink_write         # bound sink.write, set once connect() has flushed the queue
     cdef object _queue              # deque of chunks waiting for an `async for` consumer
     cdef Py_ssize_t _queued_bytes
     cdef Py_ssize_t _high_water

@@ -316,7 +316,11 @@ cdef class Pipe:
             self._release()
 
     def cancel(self):
-        """Cancel synchronously, for callers that cannot await (see ``_pipe_py.Pipe.cancel``)."""
+        """Cancel synchronously, for callers that cannot await (see ``_pipe_py.Pipe.cancel``).
+
+        The owner is released at once, and the source of a pulled pipe is not closed; with a pull pending,
+        that pull finishes the job when its read completes, closing the iterator as after ``aclose()``.
+        """
         cdef PipeState state = self._state
         if state != STATE_IDLE and state != STATE_OPEN:
             return
@@ -348,16 +352,14 @@ cdef class Pipe:
         cdef Py_ssize_t size
         if not self._pushed:
             raise RuntimeError("feed() is for pipes made by Pipe.pushed()")
-        if self._state != STATE_OPEN:
-            if self._state == STATE_IDLE:
-                self._state = STATE_OPEN
-            elif self._state == STATE_CANCELLED:
+        if self._state != STATE_OPEN and self._state != STATE_IDLE:
+            if self._state == STATE_CANCELLED:
                 return False
-            else:
-                raise RuntimeError(f"feed() on a {self.state} pipe")
+            raise RuntimeError(f"feed() on a {self.state} pipe")
         if self._pending_end is not None:
             raise RuntimeError("feed() after feed_eof() or feed_error()")
-        size = _chunk_size(chunk)
+        size = _chunk_size(chunk)  # a bad chunk is refused before the pipe opens
+        self._state = STATE_OPEN
         if self._sink_write is not None:
             self.chunks += 1
             self.nbytes += size
@@ -396,7 +398,7 @@ cdef class Pipe:
             self._state = STATE_OPEN
         elif self._state != STATE_OPEN or self._pending_end is not None:
             raise RuntimeError("the pipe's end was already fed")
-        if self._sink is not None:
+        if self._sink_write is not None:
             self._finish_pushed(end)
         else:
             self._pending_end = end
@@ -404,6 +406,7 @@ cdef class Pipe:
 
     def connect(self, sink):
         """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once."""
+        cdef Py_ssize_t size
         if not self._pushed:
             raise RuntimeError("connect() is for pipes made by Pipe.pushed()")
         if self._sink is not None or self._waiter is not None or self.chunks:
@@ -411,17 +414,25 @@ cdef class Pipe:
         if self._state != STATE_IDLE and self._state != STATE_OPEN:
             sink.end(self)
             return
-        self._sink = sink
-        self._sink_write = sink.write
+        self._sink = sink  # attached (no other consumer may come) but not yet written to directly
         queue = self._queue
-        while queue and self._sink is not None:
+        while queue:
             chunk = queue.popleft()
-            self._queued_bytes -= _chunk_size(chunk)
+            size = _chunk_size(chunk)
+            self._queued_bytes -= size
             self.chunks += 1
-            self.nbytes += _chunk_size(chunk)
+            self.nbytes += size
             if self._taps is not None:
                 self._observe(chunk)
-            sink.write(chunk)
+            try:
+                sink.write(chunk)
+            except Exception as exc:
+                self.cancel()
+                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
+                return
+            if self._state == STATE_CANCELLED:
+                return
+        self._sink_write = sink.write
         if self._pending_end is not None:
             self._finish_pushed(self._pending_end)
         elif self._paused and self._queued_bytes <= self._low_water:
@@ -708,7 +719,7 @@ cdef int _pull_am_send(_Pull pull, PyObject* arg, PyObject** presult) except -1:
         return pull._outcome(status, result, presult)
     pipe = pull._pipe
     if pipe is None:
-        raise RuntimeError("cannot reuse already awaited __anext__()")
+        raise RuntimeError("cannot reuse already awaited coroutine")
     if pipe._pulling or pipe._state != STATE_OPEN or pipe._iterator is None:
         pull._begin(pipe)
     pipe._pulling = True

@@ -97,6 +97,7 @@ class Pipe:
         "_queued_bytes",
         "_released",
         "_sink",
+        "_sink_write",
         "_source",
         "_state",
         "_taps",
@@ -125,6 +126,7 @@ class Pipe:
         self._pushed = False
         self._producer: Any = None
         self._sink: Any = None
+        self._sink_write: Callable[[Any], object] | None = None
         self._queue: deque[Any] | None = None
         self._queued_bytes = 0
         self._pending_end: object = None
@@ -228,7 +230,9 @@ class Pipe:
 
     def _deliver(self, chunk: Any) -> Any:
         """Count a chunk and show it to the taps; the chunk itself passes on untouched."""
-        size = _chunk_size(chunk)
+        return self._count(chunk, _chunk_size(chunk))
+
+    def _count(self, chunk: Any, size: int) -> Any:
         self._chunks += 1
         self._nbytes += size
         taps = self._taps
@@ -326,8 +330,8 @@ class Pipe:
     def cancel(self) -> None:
         """Cancel synchronously, for callers that cannot await (protocol callbacks).
 
-        The owner is released at once (or, with a pull pending, when that read completes); unlike
-        ``aclose()`` the source of a pulled pipe is not closed.
+        The owner is released at once, and the source of a pulled pipe is not closed; with a pull pending,
+        that pull finishes the job when its read completes, closing the iterator as after ``aclose()``.
         """
         state = self._state
         if state is not IDLE and state is not OPEN:
@@ -360,27 +364,26 @@ class Pipe:
         if not self._pushed:
             raise RuntimeError("feed() is for pipes made by Pipe.pushed()")
         state = self._state
-        if state is not OPEN:
-            if state is IDLE:
-                self._state = OPEN
-            elif state is CANCELLED:
+        if state is not OPEN and state is not IDLE:
+            if state is CANCELLED:
                 return False
-            else:
-                raise RuntimeError(f"feed() on a {state} pipe")
+            raise RuntimeError(f"feed() on a {state} pipe")
         if self._pending_end is not None:
             raise RuntimeError("feed() after feed_eof() or feed_error()")
-        sink = self._sink
-        if sink is not None:
-            self._deliver(chunk)
+        size = _chunk_size(chunk)  # a bad chunk is refused before the pipe opens
+        self._state = OPEN
+        write = self._sink_write
+        if write is not None:
+            self._count(chunk, size)
             try:
-                sink.write(chunk)
+                write(chunk)
             except Exception as exc:
                 self.cancel()
                 report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
                 return False
             return True
         assert self._queue is not None
-        self._queued_bytes += _chunk_size(chunk)
+        self._queued_bytes += size
         self._queue.append(chunk)
         if self._queued_bytes > self._high_water:
             self.pause_producing()
@@ -407,14 +410,18 @@ class Pipe:
             self._state = OPEN
         elif state is not OPEN or self._pending_end is not None:
             raise RuntimeError("the pipe's end was already fed")
-        if self._sink is not None:
+        if self._sink_write is not None:
             self._finish_pushed(end)
         else:
             self._pending_end = end
             self._wake_puller()
 
     def connect(self, sink: Sink) -> None:
-        """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once."""
+        """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once.
+
+        Chunks queued before the call are written first; a chunk fed while they are being written (from
+        inside ``sink.write``) queues behind them, so the order is always the order of ``feed``.
+        """
         if not self._pushed:
             raise RuntimeError("connect() is for pipes made by Pipe.pushed()")
         if self._sink is not None or self._waiter is not None or self._chunks:
@@ -422,14 +429,23 @@ class Pipe:
         if self._state is not IDLE and self._state is not OPEN:
             sink.end(self)
             return
-        self._sink = sink
+        self._sink = sink  # attached (no other consumer may come) but not yet written to directly
         assert self._queue is not None
         queue = self._queue
-        while queue and self._sink is not None:
+        while queue:
             chunk = queue.popleft()
-            self._queued_bytes -= _chunk_size(chunk)
-            self._deliver(chunk)
-            sink.write(chunk)
+            size = _chunk_size(chunk)
+            self._queued_bytes -= size
+            self._count(chunk, size)
+            try:
+                sink.write(chunk)
+            except Exception as exc:
+                self.cancel()
+                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
+                return
+            if self._state is CANCELLED:
+                return
+        self._sink_write = sink.write
         if self._pending_end is not None:
             self._finish_pushed(self._pending_end)
         elif self._paused and self._queued_bytes <= self._low_water:
@@ -472,7 +488,7 @@ class Pipe:
 
     def _end_pushed(self) -> None:
         sink = self._sink
-        self._sink = None
+        self._sink = self._sink_write = None
         self._release()
         if sink is not None:
             try:

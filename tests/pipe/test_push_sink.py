@@ -188,3 +188,47 @@ async def test_a_connected_pipe_cannot_be_connected_again_or_pulled(impl: Module
     with pytest.raises(RuntimeError):
         await pipe.__anext__()
     pipe.feed_eof()
+
+
+async def test_a_sink_failing_while_connect_flushes_cancels_the_pipe_like_feed_does(impl: ModuleType) -> None:
+    owner = Owner()
+    owner_ref = weakref.ref(owner)
+    failure = OSError("client socket gone")
+
+    def refuse(_chunk: Any) -> None:
+        raise failure
+
+    sink = RecordingSink(on_write=refuse)
+    pipe = impl.Pipe.pushed(owner)
+    del owner
+    pipe.feed(b"queued")
+    with loop_errors() as errors:
+        pipe.connect(sink)
+    assert pipe.state == "cancelled"
+    assert owner_ref() is None
+    assert sink.ends == [("cancelled", None, True)]
+    assert [context["exception"] for context in errors] == [failure]
+    assert pipe.feed(b"later") is False
+
+
+async def test_a_chunk_fed_from_inside_the_flush_keeps_its_place_in_line(impl: ModuleType) -> None:
+    pipe = impl.Pipe.pushed(Owner())
+
+    def feed_more(chunk: Any) -> None:
+        if chunk == b"1":
+            pipe.feed(b"3")
+            pipe.feed_eof()
+
+    sink = RecordingSink(on_write=feed_more)
+    pipe.feed(b"1")
+    pipe.feed(b"2")
+    pipe.connect(sink)
+    assert sink.chunks == [b"1", b"2", b"3"]
+    assert sink.ends == [("closed", None, True)]
+
+
+async def test_a_chunk_that_is_not_bytes_like_is_refused_before_the_pipe_opens(impl: ModuleType) -> None:
+    pipe = impl.Pipe.pushed(Owner())
+    with pytest.raises(TypeError, match="bytes-like, got str"):
+        pipe.feed("text")  # type: ignore[arg-type]
+    assert (pipe.state, pipe.chunks) == ("idle", 0)
