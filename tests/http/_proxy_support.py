@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from httptools import HttpResponseParser
@@ -149,3 +149,7 @@ class ProxyUnderTest:
                 raise AssertionError(f"only {len(self.records)} of {count} exchanges ended: {self.records}")
             await asyncio.sleep(0.01)
         return self.records
+
+
+StartProxy = Callable[..., Awaitable[ProxyUnderTest]]
+MakeRecordingOrigin = Callable[..., Awaitable[tuple[int, list[RecordingOrigin]]]]

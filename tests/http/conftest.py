@@ -6,12 +6,12 @@ Tests run on uvloop; those marked ``both_loops`` run on asyncio's own loop too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
 import uvloop
-from _proxy_support import ProxyUnderTest
+from _proxy_support import MakeRecordingOrigin, ProxyUnderTest, RecordingOrigin, StartProxy, start_recording_origin
 
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
 from fastpipe.http.origin import start_origin
@@ -27,9 +27,6 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> M
     if item.get_closest_marker("both_loops") is not None:
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"uvloop": uvloop.new_event_loop}
-
-
-StartProxy = Callable[..., Awaitable[ProxyUnderTest]]
 
 
 @pytest.fixture
@@ -60,3 +57,26 @@ async def start() -> AsyncIterator[StartProxy]:
 async def proxied(origin_port: int, start: StartProxy) -> ProxyUnderTest:
     """A proxy with default limits in front of the built-in origin."""
     return await start(origin_port)
+
+
+@pytest.fixture
+async def recording_origin() -> AsyncIterator[MakeRecordingOrigin]:
+    """``await recording_origin(reply=None)`` → (port, connections); every server and connection is closed after."""
+    servers: list[asyncio.Server] = []
+    registries: list[list[RecordingOrigin]] = []
+
+    async def make(reply: Any = None) -> tuple[int, list[RecordingOrigin]]:
+        server, registry = await start_recording_origin(reply)
+        servers.append(server)
+        registries.append(registry)
+        return server.sockets[0].getsockname()[1], registry
+
+    yield make
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+    for registry in registries:
+        for origin in registry:
+            if origin.transport is not None:
+                origin.transport.abort()
+    await asyncio.sleep(0)

@@ -92,6 +92,7 @@ class OriginProtocol(asyncio.Protocol):
         self._resume: Callable[[], None] | None = None  # continues a paused response
         self._echoing = False
         self._keep_alive = True
+        self._http10 = False
         self._busy = False
         self._queue: list[Callable[[], None]] = []
 
@@ -137,6 +138,8 @@ class OriginProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._keep_alive = self._parser.should_keep_alive()
+        # HTTP/1.0 requests never get chunked responses: streamed bodies end at the close instead.
+        self._http10 = self._parser.get_http_version() != "1.1"
         method = self._parser.get_method()
         parsed = parse_url(self._url)
         path = parsed.path.decode("latin-1")
@@ -171,7 +174,7 @@ class OriginProtocol(asyncio.Protocol):
             size = int(query.get("n", "0"))
             seed = int(query.get("seed", "0"))
             piece = int(query.get("chunk", str(_BLOCK)))
-            chunked = query.get("chunked") == "1"
+            chunked = query.get("chunked") == "1" and not self._http10
             return lambda: self._send_payload(size, seed, piece, chunked, method == b"HEAD")
         if path == "/tokens":
             count = int(query.get("n", "10"))
@@ -242,7 +245,12 @@ class OriginProtocol(asyncio.Protocol):
         pump()
 
     def _send_tokens(self, count: int, delay: float) -> None:
-        self._send_head(200, [(b"Content-Type", b"text/event-stream"), (b"Transfer-Encoding", b"chunked")])
+        chunked = not self._http10
+        if chunked:
+            self._send_head(200, [(b"Content-Type", b"text/event-stream"), (b"Transfer-Encoding", b"chunked")])
+        else:
+            self._keep_alive = False
+            self._send_head(200, [(b"Content-Type", b"text/event-stream")])
         index = 0
 
         def step() -> None:
@@ -252,14 +260,15 @@ class OriginProtocol(asyncio.Protocol):
                 return
             if index < count:
                 event = token_event(index)
-                transport.write(b"%x\r\n" % len(event) + event + b"\r\n")
+                transport.write(b"%x\r\n" % len(event) + event + b"\r\n" if chunked else event)
                 index += 1
                 if delay:
                     self._loop.call_later(delay, step)
                 else:
                     self._loop.call_soon(step)
                 return
-            transport.write(b"0\r\n\r\n")
+            if chunked:
+                transport.write(b"0\r\n\r\n")
             self._done()
 
         step()
