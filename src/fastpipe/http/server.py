@@ -43,6 +43,9 @@ _NO_DEADLINE = 0
 _HEADER = 1  # a request head must complete
 _IDLE = 2  # a keep-alive connection waits for its next request
 _UPSTREAM = 3  # the upstream must send its response head
+_LINGER = 4  # after an error response, input is discarded for a moment before the close
+
+LINGER_SECONDS = 1.0
 
 
 class _Reject(Exception):
@@ -79,9 +82,11 @@ class ProxyProtocol(asyncio.Protocol):
         "_head_size",
         "_in_head",
         "_limits",
+        "_lingering",
         "_loop",
         "_lost",
         "_max_body",
+        "_message_ended",
         "_parser",
         "_parsing",
         "_peer",
@@ -116,6 +121,8 @@ class ProxyProtocol(asyncio.Protocol):
         self._deferred_reject: tuple[int, str] | None = None
         self._in_head = False
         self._head_began = False
+        self._message_ended = False
+        self._lingering = False
         self._head_bytes = 0
         self._head_size = 0
         self.deadline = 0.0
@@ -207,13 +214,13 @@ class ProxyProtocol(asyncio.Protocol):
             self._reject(400, str(exc) or "malformed request")
             return
         if self._in_head:
-            # A head still incomplete: bound what the parser may be holding for it.
-            if self._head_began:
-                self._head_began = False
-            else:
+            # A head still incomplete: bound what the parser may be holding for it. A piece that also
+            # ended the previous message holds an unknown share of head bytes, so it is not counted.
+            if not (self._head_began and self._message_ended):
                 self._head_bytes += len(data)
                 if self._head_bytes > self._limits.max_header_size:
                     self._reject(431, "request head too large")
+        self._head_began = self._message_ended = False
 
     # -- request parser callbacks (httptools) ----------------------------------------------------------
 
@@ -317,6 +324,7 @@ class ProxyProtocol(asyncio.Protocol):
         exchange = self._parsing
         assert exchange is not None
         self._parsing = None
+        self._message_ended = True
         exchange.request_done = True
         if exchange.chunked:
             self._send_body(exchange, b"0\r\n\r\n")
@@ -487,9 +495,7 @@ class ProxyProtocol(asyncio.Protocol):
             # Not one byte of this response went out: the client can still get a clean 502.
             self._pending_head = None
             exchange.status = 502
-            if not self._lost:
-                self._transport.write(h.error_response(502, "the upstream response broke off"))
-            self._close()
+            self._send_error(502, "the upstream response broke off")
         elif self._lost:
             pass
         elif exchange.close_delimited or reason == SHUTDOWN:
@@ -543,9 +549,7 @@ class ProxyProtocol(asyncio.Protocol):
         """End an exchange that has no response yet with the proxy's own ``status``."""
         exchange.end_reason = reason
         exchange.status = status
-        if not self._lost:
-            self._transport.write(h.error_response(status, detail))
-        self._close()
+        self._send_error(status, detail)
         self._finish(exchange, reason)
 
     def _reject(self, status: int, detail: str) -> None:
@@ -577,13 +581,31 @@ class ProxyProtocol(asyncio.Protocol):
             self._deferred_reject = (status, detail)
 
     def _send_error(self, status: int, detail: str) -> None:
-        if not self._lost:
-            self._transport.write(h.error_response(status, detail))
-        self._close()
+        """Answer on the proxy's behalf and end the connection with a lingering close.
+
+        Closing a socket that still has unread input makes the kernel send a reset, which can destroy
+        the response before the client reads it; so the proxy half-closes (FIN after the response) and
+        discards what the client still sends, for at most LINGER_SECONDS.
+        """
+        self._blocked |= _STOPPED
+        transport = self._transport
+        if self._lost or transport is None or transport.is_closing() or self._lingering:
+            return
+        transport.write(h.error_response(status, detail))
+        if not transport.can_write_eof():
+            self._close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self._lingering = True
+        self.deadline = _now() + LINGER_SECONDS
+        self._deadline_kind = _LINGER
 
     def _close(self) -> None:
-        self.deadline = 0.0
         self._blocked |= _STOPPED
+        if self._lingering:
+            return  # the linger deadline (or the client's own close) ends the connection
+        self.deadline = 0.0
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -611,6 +633,8 @@ class ProxyProtocol(asyncio.Protocol):
                 self._close()
         elif kind == _IDLE:
             self._close()
+        elif kind == _LINGER:
+            self._transport.close()
         elif kind == _UPSTREAM:
             exchange = self._active
             if exchange is None or exchange.pipe is not None:
