@@ -2,7 +2,30 @@
 
 from ._backend import EXTENSION, Pipe, wrap
 from ._errors import PipeError
+from .pump import FlowProtocol, pump
+from .sources import from_aiohttp, from_httpx, from_stream_reader
+from .sse import Event, EventTap, EventTooLarge
+from .tee import BranchError, BranchOverflow, DisconnectPolicy, SourceCancelled, tee
 
 __version__ = "0.1.0"
 
-__all__ = ("EXTENSION", "Pipe", "PipeError", "__version__", "wrap")
+__all__ = (
+    "EXTENSION",
+    "BranchError",
+    "BranchOverflow",
+    "DisconnectPolicy",
+    "Event",
+    "EventTap",
+    "EventTooLarge",
+    "FlowProtocol",
+    "Pipe",
+    "PipeError",
+    "SourceCancelled",
+    "__version__",
+    "from_aiohttp",
+    "from_httpx",
+    "from_stream_reader",
+    "pump",
+    "tee",
+    "wrap",
+)
