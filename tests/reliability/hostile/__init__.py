@@ -1,0 +1,1 @@
+"""Hostile input: smuggling and malformed requests, a fuzz target, slowloris."""
