@@ -10,7 +10,7 @@ deadline armed is a hang. What must hold for every input:
 * what the client received parses strictly as complete responses, and the proxy's own error response is
   the last thing on its connection before the close;
 * the connection ends: by the proxy's own decision, or when its armed deadline is expired;
-* the origin never reads a request a strict parser refuses (and never ``/smuggled``).
+* the origin never reads a request a strict parser refuses.
 """
 
 from __future__ import annotations
@@ -188,7 +188,11 @@ def _responses(received: bytes, position: int) -> list[Response] | None:
             continue
         if found is None:
             continue
-        rest = _responses(received, position + found[1])
+        try:
+            rest = _responses(received, position + found[1])
+        except StrictError as exc:
+            error = error or exc
+            continue
         if rest is not None:
             return [found[0], *rest]
     if error is not None:
