@@ -1,0 +1,207 @@
+"""The ``fastpipe`` command as a subprocess: round trip, SIGTERM, bounded memory, --workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import psutil
+import pytest
+
+from fastpipe.http.origin import payload_sha256, start_origin
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture
+async def origin_url() -> AsyncIterator[str]:
+    server = await start_origin()
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+    await server.wait_closed()
+
+
+class Cli:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+
+async def _launch(*args: str) -> Cli:
+    """Start ``python -m fastpipe proxy ... --listen 127.0.0.1:0`` and wait (bounded) for its port."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastpipe", "proxy", "--listen", "127.0.0.1:0", *args],
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert process.stderr is not None
+    loop = asyncio.get_running_loop()
+    line = await asyncio.wait_for(loop.run_in_executor(None, process.stderr.readline), 20)
+    match = LISTENING.search(line)
+    if match is None:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"the proxy did not start: {line!r}")
+    return Cli(process, int(match.group(1)))
+
+
+@pytest.fixture
+def cli_processes() -> Iterator[list[Cli]]:
+    started: list[Cli] = []
+    yield started
+    for cli in started:
+        if cli.process.poll() is None:
+            cli.process.kill()
+        cli.process.wait(10)
+        if cli.process.stderr is not None:
+            cli.process.stderr.close()
+
+
+async def test_cli_round_trip_and_graceful_sigterm(origin_url: str, cli_processes: list[Cli]) -> None:
+    cli = await _launch("--upstream", origin_url, "--access-log")
+    cli_processes.append(cli)
+    async with httpx.AsyncClient(base_url=cli.url) as client:
+        response = await client.get("/bytes?n=123456&seed=2")
+        echoed = await client.post("/echo", content=b"ping" * 1000)
+    assert hashlib.sha256(response.content).hexdigest() == payload_sha256(123456, seed=2)
+    assert echoed.content == b"ping" * 1000
+    cli.process.send_signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    code = await asyncio.wait_for(loop.run_in_executor(None, cli.process.wait), 15)
+    assert code == 0
+    assert cli.process.stderr is not None
+    rest = cli.process.stderr.read()
+    assert b'"GET /bytes?n=123456&seed=2" 200' in rest  # the access log
+    assert b"shutting down" in rest
+
+
+async def test_cli_stock_loop_flag(origin_url: str, cli_processes: list[Cli]) -> None:
+    cli = await _launch("--upstream", origin_url, "--stock-loop")
+    cli_processes.append(cli)
+    async with httpx.AsyncClient(base_url=cli.url) as client:
+        assert (await client.get("/bytes?n=10")).status_code == 200
+
+
+def test_cli_rejects_a_bad_upstream() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fastpipe", "proxy", "--upstream", "https://example.test", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        env=ENV,
+        timeout=20,
+    )
+    assert result.returncode != 0
+    assert b"only http:// upstreams" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_slow_256_mib_download_keeps_proxy_memory_bounded(origin_url: str, cli_processes: list[Cli]) -> None:
+    """A client reading slowly: the proxy's RSS grows by less than 32 MiB over a 256 MiB body."""
+    cli = await _launch("--upstream", origin_url)
+    cli_processes.append(cli)
+    proxy = psutil.Process(cli.process.pid)
+    size = 256 * 1024 * 1024
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", cli.port))
+    baseline = proxy.memory_info().rss
+    peak = baseline
+    digest = hashlib.sha256()
+    received = 0
+    head = b""
+    try:
+        await loop.sock_sendall(sock, b"GET /bytes?n=%d&seed=11 HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+        while b"\r\n\r\n" not in head:
+            head += await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+        head, _, first = head.partition(b"\r\n\r\n")
+        digest.update(first)
+        received = len(first)
+        reads = 0
+        while received < size:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 128 * 1024), 10)
+            assert data, "the proxy closed early"
+            digest.update(data)
+            received += len(data)
+            reads += 1
+            await asyncio.sleep(0.0005)  # a slow reader: the origin outpaces it, the proxy must park
+            if reads % 32 == 0:
+                peak = max(peak, proxy.memory_info().rss)
+    finally:
+        sock.close()
+    assert received == size
+    assert digest.hexdigest() == payload_sha256(size, seed=11)
+    growth = peak - baseline
+    assert growth < 32 * 1024 * 1024, f"proxy RSS grew by {growth / 2**20:.1f} MiB"
+
+
+@pytest.mark.slow
+async def test_workers_share_the_port_and_a_crashed_worker_is_restarted(origin_url: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "fastpipe", "proxy", "--upstream", origin_url, "--listen", f"127.0.0.1:{port}",
+         "--workers", "2"],
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        workers = await _children(supervisor.pid, 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(10):
+                assert (await client.get("/bytes?n=100")).status_code == 200
+        victim = workers[0]
+        victim.kill()
+        replaced = await _children(supervisor.pid, 2, excluding={victim.pid})
+        assert victim.pid not in {worker.pid for worker in replaced}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(10):
+                assert (await client.get("/bytes?n=100")).status_code == 200
+        supervisor.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(loop.run_in_executor(None, supervisor.wait), 20)
+        assert code == 0
+        assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in replaced)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        supervisor.wait(10)
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+        if supervisor.stderr is not None:
+            supervisor.stderr.close()
+
+
+async def _children(pid: int, count: int, excluding: set[int] | None = None) -> list[psutil.Process]:
+    """Wait (bounded) until ``pid`` has ``count`` live children that listen, none of them in ``excluding``."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        children = [
+            child for child in psutil.Process(pid).children()
+            if child.pid not in (excluding or set()) and child.status() != psutil.STATUS_ZOMBIE
+        ]
+        listening = [child for child in children if _listens(child)]
+        if len(listening) >= count:
+            return listening
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} listening workers did not appear")
+
+
+def _listens(process: psutil.Process) -> bool:
+    try:
+        return any(connection.status == psutil.CONN_LISTEN for connection in process.net_connections("tcp"))
+    except psutil.Error:
+        return False
