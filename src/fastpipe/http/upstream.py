@@ -46,6 +46,7 @@ UNTIL_CLOSE = 4  # a body that ends when the upstream closes, passed raw to a cl
 ENCODE = 5  # a body that ends when the upstream closes, re-framed as chunked for an HTTP/1.1 client
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
 
 
 class UpstreamError(ConnectionError):
@@ -365,7 +366,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._head_buf = b""
         scan = self._scan
-        piece = buf[scan:] if scan < len(buf) else b""
+        rest = len(buf) - scan
+        if rest <= 0:
+            piece: Any = b""
+        elif rest < _SLICE_COPY_LIMIT:
+            piece = buf[scan:]
+        else:
+            # A big first read: a view of the socket's bytes, not a copy (fresh large copies cost page faults).
+            piece = memoryview(buf)[scan:]
         if self._mode == LENGTH:
             remaining = self._remaining - len(piece)
             if remaining > 0:
