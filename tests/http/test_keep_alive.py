@@ -162,3 +162,51 @@ async def test_upstream_sending_chunked_to_an_http10_request_is_a_502(
     data = await raw_exchange(proxy.port, b"GET /x HTTP/1.0\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 502")
     assert origins[0].data.startswith(b"GET /x HTTP/1.0\r\n")
+
+
+@pytest.mark.both_loops
+async def test_client_half_close_still_gets_its_responses(proxied: ProxyUnderTest) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxied.port)
+    try:
+        writer.write(b"GET /bytes?n=100 HTTP/1.1\r\nHost: t\r\n\r\n")
+        writer.write(b"GET /tokens?n=3&delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+    responses = parse_responses(data)
+    assert len(responses[0].body) == 100
+    assert len(responses) == 2 and responses[1].complete and responses[1].body.count(b"data: ") == 3
+
+
+async def test_upstream_answering_before_the_upload_ends(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """The upstream refuses an upload after its head (as servers do with 413): the client gets that answer,
+    the rest of its body goes nowhere, and both connections close."""
+
+    def refuse(origin: RecordingOrigin, data: bytes) -> None:
+        if len(origin.received) == 1:
+            origin.transport.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
+            )
+            origin.transport.close()
+
+    port, _ = await recording_origin(refuse)
+    proxy = await start(port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        received = asyncio.ensure_future(reader.read(-1))
+        writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
+        for _ in range(20):  # the client keeps sending a little: nothing may break on the proxy's side
+            if writer.transport.is_closing():
+                break
+            writer.write(b"b" * 10000)
+            await asyncio.sleep(0.005)
+        data = await asyncio.wait_for(received, 5)
+    finally:
+        writer.close()
+    [response] = parse_responses(data)
+    assert response.status == 413 and response.body == b"nope" and response.complete
+    [record] = await proxy.wait_records(1)
+    assert (record.upstream_status, record.end) == (413, "complete")

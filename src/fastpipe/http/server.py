@@ -182,6 +182,13 @@ class ProxyProtocol(asyncio.Protocol):
                 upstream.abandon()
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
 
+    def eof_received(self) -> bool | None:
+        """The client half-closed: answer what is in flight, then close (None closes at once)."""
+        self._blocked |= _STOPPED
+        if self._lingering or not self.busy:
+            return None
+        return True
+
     def pause_writing(self) -> None:
         self._write_paused = True
         pipe = self._pipe
@@ -519,12 +526,10 @@ class ProxyProtocol(asyncio.Protocol):
             self._unblock(_UPSTREAM_FULL)
         if self._lost:
             return
-        if (
-            reason is not COMPLETE
-            or not exchange.client_keep_alive
-            or not exchange.request_done
-            or self._proxy.draining
-        ):
+        if not exchange.request_done:
+            self._linger()  # the client may still be sending a body nobody reads: do not reset it
+            return
+        if reason is not COMPLETE or not exchange.client_keep_alive or self._proxy.draining:
             self._close()
             return
         deferred = self._deferred_reject
@@ -537,6 +542,9 @@ class ProxyProtocol(asyncio.Protocol):
             if not queue:
                 self._unblock(_QUEUED)
             self._start(following)
+            return
+        if self._blocked & _STOPPED:
+            self._close()  # the client half-closed: nothing more can come
             return
         if self._in_head:
             self.deadline = now + self._limits.header_timeout
@@ -592,6 +600,14 @@ class ProxyProtocol(asyncio.Protocol):
         if self._lost or transport is None or transport.is_closing() or self._lingering:
             return
         transport.write(h.error_response(status, detail))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close after the last response and discard input for a moment, then close."""
+        self._blocked |= _STOPPED
+        transport = self._transport
+        if self._lost or transport is None or transport.is_closing() or self._lingering:
+            return
         if not transport.can_write_eof():
             self._close()
             return

@@ -232,8 +232,10 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.client.upstream_write_paused()
 
     def send(self, piece: bytes) -> None:
-        """One piece of request body, already framed for this hop."""
-        self._transport.write(piece)
+        """One piece of request body, already framed for this hop; dropped once the connection is
+        closed (the upstream answered early, or the exchange gave up on it)."""
+        if not self.closed:
+            self._transport.write(piece)
 
     def abandon(self) -> None:
         """The exchange gave up on this connection (client gone, timeout): close it, report nothing."""
