@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="PEER", help=f"peers to run, of: {' '.join(PEERS)}")
     parser.add_argument("--skip", nargs="+", metavar="PEER", default=[], help="peers to leave out")
     parser.add_argument("--idle-connections", type=int, help="held streams in the idle cell (default 10000)")
+    parser.add_argument("--idle-runs", type=int, default=1, help="runs that include the idle cell (1)")
     parser.add_argument("--connections", type=int, default=64, help="connections for small and sse (64)")
     parser.add_argument("--bulk-connections", type=int, default=4, help="connections for bulk (4)")
     parser.add_argument("--sse-events", type=int, default=100, help="events per SSE stream (100)")
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     use_wrk = not args.no_wrk and load.wrk_binary() is not None
     fds = raise_fd_limit(4 * args.idle_connections + 1024)
     notes: list[str] = []
-    if fds < 2 * args.idle_connections + 256:
-        args.idle_connections = max(100, (fds - 256) // 2)
-        notes.append(f"open-file limit {fds}: idle cell reduced to {args.idle_connections} streams")
+    if fds < 2 * args.idle_connections + 100:  # the proxy holds two sockets per stream
+        args.idle_connections = max(100, (fds - 100) // 2)
+        notes.append(f"open-file limit {fds} (hard): idle cell reduced to {args.idle_connections:,} streams")
     if not use_wrk:
         notes.append(
             "load from the Python client (wrk " + ("not installed" if not load.wrk_binary() else "disabled") + "): "
@@ -143,10 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         origins = origin.start(workdir, cpus=plan.load_cpus, use_nginx=use_nginx)
-        total = args.runs * len(workloads) * len(runnable)
+        per_run = [
+            sum(1 for w in workloads if w.name != "idle" or run <= args.idle_runs) for run in range(1, args.runs + 1)
+        ]
+        total = sum(per_run) * len(runnable)
         index = 0
         for run in range(1, args.runs + 1):
             for workload in workloads:
+                if workload.name == "idle" and run > args.idle_runs:
+                    continue
                 shift = (run - 1) % max(1, len(runnable))
                 for peer in runnable[shift:] + runnable[:shift]:  # rotate so no peer always goes first
                     index += 1

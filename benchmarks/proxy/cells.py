@@ -25,6 +25,7 @@ from .peers import Peer, RunningPeer
 from .processes import Managed, StartError, wait_http_ready
 
 PROBE_ALONE_S = 1.5
+IDLE_OPEN_S = 30.0  # plus 5 ms per stream: a peer slower than that to open streams reports how many it held
 GIB = 1024**3
 MIB = 1024**2
 
@@ -240,7 +241,7 @@ def measure_idle(
     time.sleep(0.3)
     before = rss_kib(proxy_pids(running))
     first = cpu.snapshot()
-    holder = load.hold_idle_streams(url, count, workdir=workdir, cpus=cpus, timeout=max(60.0, count / 50))
+    holder = load.hold_idle_streams(url, count, workdir=workdir, cpus=cpus, timeout=IDLE_OPEN_S + count / 200)
     try:
         time.sleep(0.5)
         after = rss_kib(proxy_pids(running))
