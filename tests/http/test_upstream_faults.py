@@ -177,3 +177,27 @@ async def test_writer_parked_on_backpressure_fails_cleanly_when_the_client_vanis
 async def _single_connection(proxy: ProxyUnderTest) -> list[object]:
     await wait_for(lambda: len(proxy.proxy.connections) == 1, what="one client connection")
     return list(proxy.proxy.connections)
+
+
+async def test_upstream_timeout_runs_from_the_end_of_a_slow_upload(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """An upload that takes longer than upstream_timeout is not cut: the clock starts when it ends."""
+
+    def answer_when_whole(origin: RecordingOrigin, data: bytes) -> None:
+        if origin.data.endswith(b"9" * 10):
+            origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    port, _ = await recording_origin(answer_when_whole)
+    proxy = await start(port, upstream_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        for digit in b"0123456789":  # 10 x 10 bytes over about 0.6 s, twice the timeout
+            writer.write(bytes([digit]) * 10)
+            await writer.drain()
+            await asyncio.sleep(0.06)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()

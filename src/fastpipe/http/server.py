@@ -183,9 +183,10 @@ class ProxyProtocol(asyncio.Protocol):
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: answer what is in flight, then close (None closes at once)."""
+        """The client half-closed: answer the requests it completed, then close (None closes at once;
+        so does a request cut short, which the upstream must not wait on)."""
         self._blocked |= _STOPPED
-        if self._lingering or not self.busy:
+        if self._lingering or not self.busy or self._parsing is not None:
             return None
         return True
 
@@ -335,6 +336,8 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.request_done = True
         if exchange.chunked:
             self._send_body(exchange, b"0\r\n\r\n")
+        if exchange is self._active and exchange.upstream is not None:
+            self._await_head(exchange)
         if not exchange.keep_alive:
             self._block(_STOPPED)
             raise _StopParsing
@@ -396,9 +399,18 @@ class ProxyProtocol(asyncio.Protocol):
             self._deadline_kind = _NO_DEADLINE
             self._proxy.pool.connect_for(exchange)
             return
-        self.deadline = _now() + self._limits.upstream_timeout
-        self._deadline_kind = _UPSTREAM
+        self._await_head(exchange)
         connection.begin(exchange)
+
+    def _await_head(self, exchange: Exchange) -> None:
+        """Arm the upstream timeout, which runs from the end of the request (a long upload is not slow
+        to answer) to the response head."""
+        if exchange.request_done and exchange.pipe is None:
+            self.deadline = _now() + self._limits.upstream_timeout
+            self._deadline_kind = _UPSTREAM
+        else:
+            self.deadline = 0.0
+            self._deadline_kind = _NO_DEADLINE
 
     # -- called by the upstream side -------------------------------------------------------------------
 
@@ -407,8 +419,7 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange is not self._active or self._lost:
             self._proxy.pool.release(connection)
             return
-        self.deadline = _now() + self._limits.upstream_timeout
-        self._deadline_kind = _UPSTREAM
+        self._await_head(exchange)
         connection.begin(exchange)
 
     def upstream_unavailable(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
