@@ -151,6 +151,9 @@ def _without_options(argv: Sequence[str], names: set[str]) -> list[str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.which == "all" and args.rest:
+        print("fastpipe: demo options go with one demo: fastpipe demo hazard|proxy [options]", file=sys.stderr)
+        return 2
     status = 0
     if args.which in ("hazard", "all"):
         try:

@@ -205,3 +205,16 @@ def _listens(process: psutil.Process) -> bool:
         return any(connection.status == psutil.CONN_LISTEN for connection in process.net_connections("tcp"))
     except psutil.Error:
         return False
+
+
+def test_demo_proxy_command_runs_and_checks_integrity() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fastpipe", "demo", "proxy", "--scale", "0.02", "--streams", "3", "--downloads", "2",
+         "--uploads", "2"],
+        capture_output=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"every body arrived whole" in result.stdout
+    assert result.stdout.count(b" ok") == 3
