@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sse-interval-ms", type=float, default=1.0, help="ms between events; 0 = burst (1)")
     parser.add_argument("--sse-event-size", type=int, default=100, help="bytes per event (100)")
     parser.add_argument("--retries", type=int, help="extra attempts of a contaminated cell (default 2; quick 1)")
-    parser.add_argument("--quiet-wait", type=float, help="max seconds to wait for a quiet box before a cell (10)")
+    parser.add_argument("--quiet-wait", type=float, help="max seconds to wait for a quiet box before a cell (5)")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load client even if wrk is here")
     parser.add_argument("--no-nginx", action="store_true", help="Python origin for static files; skip the nginx peer")
     parser.add_argument("--json", type=Path, default=RESULTS / "proxy.json", help="raw results and summary")
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "warmup": 0.5 if quick else 1.0,
         "idle_connections": 1000 if quick else 10_000,
         "retries": 1 if quick else 2,
-        "quiet_wait": 3.0 if quick else 10.0,
+        "quiet_wait": 3.0 if quick else 5.0,
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -86,6 +87,20 @@ def machine() -> str:
         f"{model}, {os.cpu_count()} vCPU, Linux {platform.release()}, "
         f"Python {platform.python_version()}, nginx {nginx.version()}, wrk {load.wrk_version()}"
     )
+
+
+def fastpipe_revision() -> str:
+    """The commit the fastpipe peers ran from, marked when the source tree had uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" with uncommitted changes in src/" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": date,
         "machine": machine(),
+        "fastpipe": fastpipe_revision(),
         "pinning": pinning,
         "origin": f"{'nginx ' + nginx.version() if use_nginx else 'Python'} (static), Python (SSE)",
         "generator": "wrk, 1 thread" if use_wrk else "Python client",

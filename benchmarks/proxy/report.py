@@ -194,6 +194,7 @@ def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
     add("")
     add(
         f"{meta['machine']}; {meta['pinning']}. Origin: {meta['origin']}; load: {meta['generator']}. "
+        f"fastpipe at {meta.get('fastpipe', 'unknown')}. "
         f"{meta['runs']} run(s) x {meta['duration']:g} s per cell; median (min-max over runs); "
         "* = only contaminated windows (other load on the box)."
     )
