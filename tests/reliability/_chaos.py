@@ -26,8 +26,10 @@ from ._origin import ChaosOrigin, OriginPlan
 __all__ = ("TIMEOUTS", "Scenario", "judge", "scenario_for")
 
 # The proxy's limits during chaos runs: short, so stalls past them cost little time.
-TIMEOUTS = {"header_timeout": 0.4, "upstream_timeout": 0.4, "connect_timeout": 1.0, "idle_timeout": 2.0}
-STALL = 0.75  # a stall "past a timeout" lasts this long (the sweep fires up to a quarter timeout late)
+TIMEOUTS = {"header_timeout": 0.5, "upstream_timeout": 0.6, "connect_timeout": 1.0, "idle_timeout": 2.0}
+# A stall "past a timeout" lasts this long: past the longer timeout, plus the sweep's lateness (a quarter of
+# the shorter one), plus slack for a loaded machine.
+STALL = 1.0
 
 # Statuses the proxy answers on its own behalf (origin plans never use them).
 PROXY_STATUSES = frozenset({400, 408, 413, 431, 501, 502, 503, 504})
@@ -133,7 +135,7 @@ def scenario_for(seed: int) -> Scenario:
         chunk_sizes: tuple[int, ...] = (size,)  # one oversized chunk
     else:
         chunk_sizes = tuple(rng.choice((1, 7, 100, 1000, 4096, 65536, 300_000)) for _ in range(rng.randint(1, 4)))
-    drip = size <= 64 and rng.random() < 0.3
+    drip = size <= 64 and rng.random() < 0.3 and origin_fault != o.HUGE_HEAD
     pieces = tuple(rng.choice((1, 13, 512, 8192, 70_000, 1 << 20)) for _ in range(3))
     slow = not drip and rng.random() < 0.1 and (size + 300) / min(pieces) < 400  # paced, at most ~0.2 s
     plan = OriginPlan(
@@ -207,7 +209,8 @@ def _allowed(scenario: Scenario) -> tuple[bool, bool, frozenset[int] | None, boo
     if client.fault == c.STALL_MID_HEAD:
         return False, True, frozenset({408}), False
     if client.fault == c.STALL_MID_BODY and client.body and plan.fault == o.NONE:
-        return False, False, frozenset({504}), False  # the origin waits for the rest of the body
+        # A pause mid-upload: served once the body goes on, or cut by a timeout, never lost or hung.
+        return True, False, frozenset({408, 504}), False
     if not benign_client:
         return True, True, None, False
     fault = plan.fault
@@ -244,7 +247,10 @@ def judge(scenario: Scenario, outcome: ClientOutcome, origin: ChaosOrigin) -> li
     elif response is not None:
         if _proxy_made(outcome, plan.status):
             if statuses is not None and response.status not in statuses:
-                problems.append(f"proxy answered {response.status}; expected one of {sorted(statuses)} or else")
+                detail = response.body.strip()[:120].decode("latin-1")
+                problems.append(
+                    f"proxy answered {response.status} ({detail}); expected one of {sorted(statuses)} or else"
+                )
         else:
             expected = _expected_body(scenario)
             if response.status != plan.status or response.body != expected:

@@ -14,7 +14,7 @@ import contextlib
 import socket
 from dataclasses import dataclass
 
-from ._wire import Response, StrictError, parse_response
+from ._wire import Response, ResponseReader, StrictError
 
 __all__ = ("ClientOutcome", "ClientPlan", "run_client")
 
@@ -96,16 +96,17 @@ class ClientOutcome:
 class _Exchange:
     def __init__(self, plan: ClientPlan) -> None:
         self.plan = plan
-        self.buffer = b""
+        self.buffer = bytearray()  # grows in place: a slow reader of a large body makes thousands of reads
         self.ending = "open"
         self.response: Response | None = None
         self.malformed: str | None = None
         self.aborted = False
+        self.reader = ResponseReader(head_request=plan.method == b"HEAD")
 
     def judge(self, eof: bool) -> bool:
         """Parse what arrived; True once the exchange is over (complete or refused)."""
         try:
-            found = parse_response(self.buffer, head_request=self.plan.method == b"HEAD", eof=eof)
+            found = self.reader.feed(self.buffer, eof=eof)
         except StrictError as exc:
             self.malformed = str(exc)
             return True
@@ -239,4 +240,5 @@ async def run_client(port: int, plan: ClientPlan) -> ClientOutcome:
     if exchange.response is not None and exchange.response.framing == "close" and exchange.ending == "rst":
         exchange.response = None  # a reset never ends a close-delimited body cleanly
         ending = "rst"
-    return ClientOutcome(exchange.buffer, ending, exchange.response, exchange.malformed, loop.time() - started)
+    received = bytes(exchange.buffer)
+    return ClientOutcome(received, ending, exchange.response, exchange.malformed, loop.time() - started)

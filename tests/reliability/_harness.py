@@ -27,7 +27,7 @@ from ._origin import ChaosOrigin, OriginPlan
 
 __all__ = ("ChaosReport", "chaos_seeds", "live_objects", "run_chaos")
 
-BATCH = 12
+BATCH = 16
 
 try:
     from fastpipe import _pipe as _compiled

@@ -55,6 +55,7 @@ FAULTS = (
     EARLY_RESPONSE_DRAIN,
 )
 
+DRIPPED_HEAD = 40
 BAD_CHUNK_SIZES = (b"zz\r\n", b"-1\r\n", b"1" * 20 + b"\r\n", b"0x10\r\n", b" 5\r\n", b"5\n")
 SMUGGLED_TARGET = b"/smuggled"
 SMUGGLED_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-Smuggled: yes\r\n\r\nsmuggled!"
@@ -112,6 +113,10 @@ class OriginPlan:
             if self.trailers:
                 lines.append(b"Trailer: X-Trailer")
         else:
+            lines.append(b"Connection: close")
+        if self.fault == EARLY_RESPONSE and self.framing != "close":
+            # It closes after answering, and says so: an unannounced close of a connection the proxy has
+            # pooled is the keep-alive race, which no proxy can win for a request with a body.
             lines.append(b"Connection: close")
         if self.fault == HUGE_HEAD:
             lines.extend(b"X-Big-%d: %s" % (index, b"v" * 1000) for index in range(300))
@@ -200,7 +205,7 @@ class ChaosOrigin:
         session = _Session(self, connection, reader, writer)
         try:
             await session.run()
-        except (_Closed, OSError):
+        except (_Closed, OSError, RuntimeError):  # uvloop raises RuntimeError on a transport closed under it
             connection.peer_closed = True
         except asyncio.CancelledError:
             pass
@@ -286,6 +291,15 @@ class _Session:
     def taint(self, target: bytes) -> None:
         self.connection.tainted_by = target
 
+    async def write_head(self, head: bytes, plan: OriginPlan) -> None:
+        """A dripping plan drips the first bytes of the head, then sends the rest at once: the proxy sees
+        a head in single bytes, and it still arrives well within the upstream timeout."""
+        if plan.delay and plan.pieces == (1,):
+            await self.write(head[:DRIPPED_HEAD], plan)
+            head = head[DRIPPED_HEAD:]
+        self.writer.write(head)
+        await self.writer.drain()
+
     async def write(self, data: bytes, plan: OriginPlan) -> None:
         if not data:
             return
@@ -319,7 +333,8 @@ class _Session:
         response_head = plan.head(head.method == b"HEAD")
         body = b"" if head.method == b"HEAD" or plan.status in (204, 304) else plan.body_wire()
         if fault in (EARLY_RESPONSE, EARLY_RESPONSE_DRAIN):
-            await self.write(response_head + body, plan)
+            await self.write_head(response_head, plan)
+            await self.write(body, plan)
             if fault == EARLY_RESPONSE:
                 self.taint(target)
                 self.half_close()
@@ -340,7 +355,8 @@ class _Session:
         if fault == STALL_BEFORE_HEAD:
             self.taint(target)
             await asyncio.sleep(plan.stall)
-            await self.write(response_head + body, plan)
+            await self.write_head(response_head, plan)
+            await self.write(body, plan)
             return plan.framing != "close"
         if fault == BAD_STATUS_LINE:
             self.taint(target)
@@ -360,7 +376,7 @@ class _Session:
             # The tail of the message and the smuggled response leave in one write, so the proxy reads
             # them together: a proxy that pools this connection serves "smuggled!" to its next client.
             wire = response_head + body
-            await self.write(wire[:-64], plan)
+            await self.write_head(wire[:-64], plan)
             self.taint(target)
             self.writer.write(wire[-64:] + SMUGGLED_RESPONSE)
             await self.writer.drain()
@@ -369,7 +385,7 @@ class _Session:
                 await asyncio.sleep(0.05)
                 return False
             return True
-        await self.write(response_head, plan)
+        await self.write_head(response_head, plan)
         if fault == BAD_CHUNK_SIZE and plan.framing == "chunked" and body:
             # Whole chunks, then a size line no strict reader accepts; the connection is then unusable.
             self.taint(target)

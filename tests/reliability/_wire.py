@@ -17,6 +17,7 @@ __all__ = (
     "Request",
     "RequestHead",
     "Response",
+    "ResponseReader",
     "StrictError",
     "find_head_end",
     "parse_request",
@@ -34,6 +35,7 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9]) [\x20\x21-\x7e\t\x80
 _CHUNK_EXT = re.compile(rb"(;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(=[!#$%&'*+\-.^_`|~0-9A-Za-z]+)?)*\Z")
 
 MAX_HEAD = 256 * 1024
+Buffer = bytes | bytearray
 
 
 class StrictError(ValueError):
@@ -81,7 +83,7 @@ class Response:
         return [value for key, value in self.headers if key.lower() == name]
 
 
-def find_head_end(buf: bytes, start: int = 0) -> int:
+def find_head_end(buf: Buffer, start: int = 0) -> int:
     """Index just past the CRLF CRLF that ends a head starting at ``start``, or -1 if not there yet."""
     end = buf.find(b"\r\n\r\n", start)
     return -1 if end < 0 else end + 4
@@ -104,13 +106,13 @@ def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _head_lines(buf: bytes, start: int) -> tuple[list[bytes], int] | None:
+def _head_lines(buf: Buffer, start: int) -> tuple[list[bytes], int] | None:
     end = find_head_end(buf, start)
     if end < 0:
         if len(buf) - start > MAX_HEAD:
             raise StrictError("head larger than the strict reader accepts")
         return None
-    return buf[start : end - 4].split(b"\r\n"), end
+    return bytes(buf[start : end - 4]).split(b"\r\n"), end
 
 
 def _framing_headers(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
@@ -169,7 +171,7 @@ class ChunkedReader:
         self.trailers: list[tuple[bytes, bytes]] = []
         self.done = False
 
-    def feed(self, buf: bytes, position: int) -> int:
+    def feed(self, buf: Buffer, position: int) -> int:
         """Decode whole units from ``position`` on; returns the position after the last one decoded."""
         while not self.done:
             line_end = buf.find(b"\r\n", position)
@@ -201,7 +203,7 @@ class ChunkedReader:
                 return position
             if buf[data_start + size : data_start + size + 2] != b"\r\n":
                 raise StrictError("chunk data not followed by CRLF")
-            self.payload.append(buf[data_start : data_start + size])
+            self.payload.append(bytes(buf[data_start : data_start + size]))
             position = data_start + size + 2
         return position
 
@@ -233,43 +235,74 @@ def parse_request(buf: bytes, start: int = 0) -> tuple[Request, int] | None:
     return Request(head, buf[body_start : body_start + length]), body_start + length
 
 
+class ResponseReader:
+    """Reads one response incrementally: call ``feed`` with the whole buffer so far (it resumes where it
+    stopped, so a body of a million tiny chunks costs one pass)."""
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self.head_request = head_request
+        self.interim: list[int] = []
+        self.position = 0  # where the next head (or the body) starts
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.framing = ""
+        self.length = 0
+        self.chunks: ChunkedReader | None = None
+
+    def feed(self, buf: Buffer, *, eof: bool = False) -> tuple[Response, int] | None:
+        """The response and the index past it once complete; None until then (see ``parse_response``)."""
+        while not self.framing:
+            found = _head_lines(buf, self.position)
+            if found is None:
+                return None
+            lines, end = found
+            match = _STATUS_LINE.match(lines[0])
+            if match is None:
+                raise StrictError(f"status line {lines[0][:80]!r}")
+            status = int(match.group(1))
+            headers = _header_lines(lines[1:])
+            self.position = end
+            if status < 200:
+                if status == 101:
+                    raise StrictError("101 without an upgrade")
+                self.interim.append(status)
+                continue
+            self.status, self.headers = status, headers
+            length, chunked = _framing_headers(headers)
+            if self.head_request or status in (204, 304):
+                self.framing = "none"
+            elif chunked:
+                self.framing = "chunked"
+                self.chunks = ChunkedReader()
+                self.length = end  # the chunk reader's resume point
+            elif length is not None:
+                self.framing, self.length = "length", length
+            else:
+                self.framing = "close"
+        start = self.position
+        if self.framing == "none":
+            return Response(self.status, self.headers, b"", self.interim, "none"), start
+        if self.framing == "chunked":
+            assert self.chunks is not None
+            self.length = self.chunks.feed(buf, self.length)
+            if not self.chunks.done:
+                return None
+            body = b"".join(self.chunks.payload)
+            return Response(self.status, self.headers, body, self.interim, "chunked", self.chunks.trailers), self.length
+        if self.framing == "length":
+            if len(buf) < start + self.length:
+                return None
+            body = bytes(buf[start : start + self.length])
+            return Response(self.status, self.headers, body, self.interim, "length"), start + self.length
+        if not eof:
+            return None
+        return Response(self.status, self.headers, bytes(buf[start:]), self.interim, "close"), len(buf)
+
+
 def parse_response(buf: bytes, *, head_request: bool = False, eof: bool = False) -> tuple[Response, int] | None:
     """The response at the start of ``buf`` (interim 1xx heads skipped) and the index past it.
 
     None while it is incomplete; with ``eof`` a close-delimited body ends at the end of ``buf``, and any
     other incomplete message stays None (visibly incomplete).
     """
-    interim = []
-    position = 0
-    while True:
-        found = _head_lines(buf, position)
-        if found is None:
-            return None
-        lines, end = found
-        match = _STATUS_LINE.match(lines[0])
-        if match is None:
-            raise StrictError(f"status line {lines[0][:80]!r}")
-        status = int(match.group(1))
-        headers = _header_lines(lines[1:])
-        if status >= 200:
-            break
-        if status == 101:
-            raise StrictError("101 without an upgrade")
-        interim.append(status)
-        position = end
-    length, chunked = _framing_headers(headers)
-    if head_request or status in (204, 304):
-        return Response(status, headers, b"", interim, "none"), end
-    if chunked:
-        read = read_chunked(buf, end)
-        if read is None:
-            return None
-        body, trailers, stop = read
-        return Response(status, headers, body, interim, "chunked", trailers), stop
-    if length is not None:
-        if len(buf) < end + length:
-            return None
-        return Response(status, headers, buf[end : end + length], interim, "length"), end + length
-    if not eof:
-        return None
-    return Response(status, headers, buf[end:], interim, "close"), len(buf)
+    return ResponseReader(head_request=head_request).feed(buf, eof=eof)

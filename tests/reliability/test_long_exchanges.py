@@ -17,11 +17,6 @@ from .hostile._peers import proxied_origin, raw_exchange
 UPSTREAM_TIMEOUT = 0.4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: upstream_timeout runs from the start of the request, so an upload that streams for "
-    "longer than it gets a 504 (server.py _start/upstream_ready arm it once; request progress never re-arms it)",
-)
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_steady_upload_longer_than_the_upstream_timeout_is_not_cut(framing: str) -> None:
     async with proxied_origin(upstream_timeout=UPSTREAM_TIMEOUT) as peers:

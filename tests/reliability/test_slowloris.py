@@ -1,14 +1,17 @@
 """Slowloris: many connections dripping a request head one byte a second are cut by the header timeout,
-while normal clients on the same proxy keep being served, exactly and without waiting on them."""
+while normal clients on the same proxy keep being served, exactly and without waiting on them; and its
+cousin on the body ("R.U.D.Y."): a request body that stops arriving must not hold its connections forever."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 
+import pytest
+
 from ._client import ClientPlan, run_client
 from ._origin import OriginPlan
-from .hostile._peers import proxied_origin
+from .hostile._peers import proxied_origin, raw_exchange
 
 DRIPPERS = 200
 HEADER_TIMEOUT = 1.5
@@ -80,3 +83,24 @@ async def test_slowloris_connections_are_cut_at_the_header_timeout_while_others_
         await asyncio.sleep(0.1)
         assert not peers.proxy.connections
         assert peers.handler_calls == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy bug (since 202cac1): no deadline runs while a request body streams (_await_head disarms the "
+    "upstream timeout until the request is done), so a body that stops arriving holds the client connection "
+    "and a pooled upstream connection forever; a per-read body timeout (like nginx's client_body_timeout) is missing",
+)
+async def test_request_body_that_stops_arriving_is_cut_in_bounded_time() -> None:
+    timeouts = {"header_timeout": 0.5, "upstream_timeout": 0.6, "idle_timeout": 1.0}
+    async with proxied_origin(**timeouts) as peers:
+        head = b"POST /rudy HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+        results = await asyncio.gather(
+            *(raw_exchange(peers.port, head + b"0123456789", timeout=4.0) for _ in range(20))
+        )
+        assert all(result.closed for result in results), (
+            f"{sum(not result.closed for result in results)} of 20 stalled uploads still open after 4 s "
+            f"(every timeout is at most {max(timeouts.values())} s)"
+        )
+        for result in results:
+            assert [response.status for response in result.responses] in ([408], [504], []), result.received[:200]
