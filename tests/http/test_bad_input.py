@@ -226,3 +226,74 @@ async def test_idle_keep_alive_connection_is_closed(origin_port: int, start: Sta
         assert await asyncio.wait_for(reader.read(-1), 3) == b""  # closed by the proxy, not by us
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /\r\nHost: t\r\n\r\n", 400),  # HTTP/0.9-style request line
+        (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+        (b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400),  # the asterisk form is only for OPTIONS
+        (b"GET ftp://a.test/x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET http://user@a.test/x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    ],
+    ids=["http09", "http2-line", "asterisk-get", "ftp-target", "userinfo"],
+)
+async def test_unsupported_versions_and_targets_are_refused(
+    start: StartProxy, recording_origin: MakeRecordingOrigin, request_bytes: bytes, status: int
+) -> None:
+    got, upstream_saw = await _refused(start, recording_origin, request_bytes)
+    assert got == status and upstream_saw == b""
+
+
+async def test_absolute_form_goes_upstream_in_origin_form(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    port, origins = await recording_origin()
+    proxy = await start(port)
+    data = await raw_exchange(
+        proxy.port,
+        b"GET http://front.test:8081/p/q?x=1 HTTP/1.1\r\nHost: ignored.test\r\nConnection: close\r\n\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 200")
+    lines = origins[0].data.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert lines[0] == b"GET /p/q?x=1 HTTP/1.1"
+    assert b"Host: front.test:8081" in lines and b"ignored.test" not in origins[0].data
+    assert b"X-Forwarded-Host: front.test:8081" in lines
+
+
+async def test_options_asterisk_is_forwarded(start: StartProxy, recording_origin: MakeRecordingOrigin) -> None:
+    port, origins = await recording_origin()
+    proxy = await start(port)
+    data = await raw_exchange(proxy.port, b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200")
+    assert origins[0].data.startswith(b"OPTIONS * HTTP/1.1\r\n")
+
+
+async def test_chunked_request_with_trailers_is_answered(proxied: ProxyUnderTest) -> None:
+    data = await raw_exchange(
+        proxied.port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Checksum: 42\r\n\r\n",
+    )
+    [response] = parse_responses(data)
+    assert response.status == 200 and response.body == b"hello" and response.complete
+
+
+async def test_request_body_that_stops_arriving_is_408(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    def answer_when_whole(origin: RecordingOrigin, data: bytes) -> None:
+        if origin.data.endswith(b"x" * 100):
+            origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    port, origins = await recording_origin(answer_when_whole)
+    proxy = await start(port, idle_timeout=0.4)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    data = await raw_exchange(proxy.port, b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+    assert data.startswith(b"HTTP/1.1 408")
+    assert 0.35 < loop.time() - began < 2.5
+    await asyncio.wait_for(origins[0].closed, 2)  # the upstream is not left waiting for the rest
+    [record] = await proxy.wait_records(1)
+    assert record.end == "timeout"

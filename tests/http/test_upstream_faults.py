@@ -201,3 +201,45 @@ async def test_upstream_timeout_runs_from_the_end_of_a_slow_upload(
         assert head.startswith(b"HTTP/1.1 200")
     finally:
         writer.close()
+
+
+async def test_client_that_stops_reading_is_cut_after_the_idle_timeout(origin_port: int, start: StartProxy) -> None:
+    proxy = await start(origin_port, idle_timeout=0.4, write_high_water=64 * 1024, write_low_water=16 * 1024)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(client, ("127.0.0.1", proxy.port))
+        await loop.sock_sendall(client, b"GET /bytes?n=100000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        [record] = await proxy.wait_records(1, timeout=5)  # never reads: parked, then cut
+    finally:
+        client.close()
+    assert record.end == "timeout" and record.response_bytes < 100_000_000
+    await wait_for(lambda: proxy.proxy.pool.open == 0, timeout=1.0, what="upstream connection closed")
+
+
+async def test_http10_client_sees_a_reset_when_a_close_delimited_body_is_cut(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """No framing tells an HTTP/1.0 client that the body ended early: only a reset can say so."""
+
+    def reply(origin: RecordingOrigin, data: bytes) -> None:
+        origin.transport.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+        asyncio.get_running_loop().call_later(0.05, _reset_transport, origin.transport)
+
+    port, _ = await recording_origin(reply)
+    proxy = await start(port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+
+
+def _reset_transport(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()  # type: ignore[attr-defined]

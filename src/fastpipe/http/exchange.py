@@ -20,6 +20,7 @@ class Exchange:
     """The state of one request/response exchange; plain slots, no behaviour of its own."""
 
     __slots__ = (
+        "authority",
         "body_pending",
         "body_pending_size",
         "chunked",
@@ -60,6 +61,7 @@ class Exchange:
         self.target = b""
         self.method = b""
         self.host: bytes | None = None
+        self.authority: bytes | None = None  # from an absolute-form target; becomes the Host
         self.xff: bytes | None = None
         self.connection_names: list[bytes] | None = None
         self.transfer_encoding: bytes | None = None

@@ -22,7 +22,9 @@ class Limits:
         a client must finish its request head this long after its first byte (or after connecting);
         past it → 408 and the connection is closed.
     ``idle_timeout`` (default 75.0)
-        a keep-alive client connection with no request in progress is closed after this.
+        a keep-alive client connection with no request in progress is closed after this; the same
+        time bounds a request body that stops arriving (→ 408, or a cut once the response began) and
+        a client that stops reading a response (the exchange is cut with a reset).
     ``max_header_size`` (default 65536)
         bytes in a request head (request line and headers); over it → 431. Upstream heads over it → 502.
     ``max_body_size`` (default None: no limit)

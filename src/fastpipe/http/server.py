@@ -14,11 +14,13 @@ none is left, so one reason ending never lifts another's pause.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections import deque
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
 
 from . import headers as h
 from .exchange import Exchange
@@ -44,8 +46,11 @@ _HEADER = 1  # a request head must complete
 _IDLE = 2  # a keep-alive connection waits for its next request
 _UPSTREAM = 3  # the upstream must send its response head
 _LINGER = 4  # after an error response, input is discarded for a moment before the close
+_BODY = 5  # the request body must keep arriving (idle_timeout between reads)
+_SEND = 6  # a client that stopped reading must read again (idle_timeout while parked)
 
 LINGER_SECONDS = 1.0
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends a reset
 
 
 class _Reject(Exception):
@@ -195,9 +200,13 @@ class ProxyProtocol(asyncio.Protocol):
         pipe = self._pipe
         if pipe is not None:
             pipe.pause_producing()
+            if self._deadline_kind == _NO_DEADLINE:
+                self._arm(_SEND, self._limits.idle_timeout)  # a client that never reads again is cut
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._deadline_kind == _SEND:
+            self._arm(_NO_DEADLINE, 0.0)
         pipe = self._pipe
         if pipe is not None:
             pipe.resume_producing()
@@ -253,19 +262,21 @@ class ProxyProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self._parsing
         assert exchange is not None
+        if exchange.parts is None:
+            return  # a trailer field of a chunked body: the head is gone already, trailers are dropped
         self._head_size += len(name) + len(value) + 4
         kind = h.REQUEST_KINDS.get(name.lower())
         if kind is None:
-            exchange.parts += (name, b": ", value, b"\r\n")  # type: ignore[operator]
+            exchange.parts += (name, b": ", value, b"\r\n")
         elif kind == h.HOST:
             if exchange.host is not None:
                 raise _Reject(400, "more than one Host header")
             exchange.host = value
             if not self._limits.rewrite_host:
-                exchange.parts += (name, b": ", value, b"\r\n")  # type: ignore[operator]
+                exchange.parts += (name, b": ", value, b"\r\n")
         elif kind == h.CONTENT_LENGTH:
             exchange.content_length = int(value)
-            exchange.parts += (name, b": ", value, b"\r\n")  # type: ignore[operator]
+            exchange.parts += (name, b": ", value, b"\r\n")
         elif kind == h.X_FORWARDED_FOR:
             xff = exchange.xff
             exchange.xff = value if xff is None else xff + b", " + value
@@ -292,8 +303,18 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.method = method
         if exchange.upgrade or method == b"CONNECT":
             raise _Reject(501, "Upgrade and CONNECT are not supported by this proxy")
-        http10 = parser.get_http_version() != "1.1"
+        version = parser.get_http_version()
+        if version == "1.1":
+            http10 = False
+        elif version == "1.0":
+            http10 = True
+        elif version == "0.9":
+            raise _Reject(400, "HTTP/0.9 requests are not supported")
+        else:
+            raise _Reject(505, f"HTTP/{version} is not supported by this HTTP/1.1 proxy")
         exchange.http10 = http10
+        if not exchange.target.startswith(b"/"):
+            self._origin_form(exchange, method)
         te = exchange.transfer_encoding
         if te is not None:
             if http10:
@@ -310,6 +331,8 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.head = self._upstream_head(exchange, method, http10)
         if self._active is None:
             self._start(exchange)
+            if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
+                self._arm(_BODY, self._limits.idle_timeout)
         else:
             if self._queue is None:
                 self._queue = deque()
@@ -326,6 +349,8 @@ class ProxyProtocol(asyncio.Protocol):
             raise _Reject(413, f"request body over {self._max_body} bytes")
         if exchange.chunked:
             body = b"%x\r\n" % size + body + b"\r\n"
+        if self._deadline_kind == _BODY:
+            self.deadline = _now() + self._limits.idle_timeout
         self._send_body(exchange, body)
 
     def on_message_complete(self) -> None:
@@ -336,13 +361,33 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.request_done = True
         if exchange.chunked:
             self._send_body(exchange, b"0\r\n\r\n")
-        if exchange is self._active and exchange.upstream is not None:
+        if exchange is self._active:
             self._await_head(exchange)
         if not exchange.keep_alive:
             self._block(_STOPPED)
             raise _StopParsing
 
     # -- request side ----------------------------------------------------------------------------------
+
+    def _origin_form(self, exchange: Exchange, method: bytes) -> None:
+        """Turn an absolute-form target into the origin form the upstream expects; its authority becomes
+        the Host (RFC 9112 §3.2.2). The asterisk form is only for OPTIONS; anything else is refused."""
+        target = exchange.target
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise _Reject(400, "the asterisk-form target is only for OPTIONS")
+            return
+        try:
+            url = parse_url(target)
+        except Exception:
+            raise _Reject(400, "malformed request target") from None
+        if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
+            raise _Reject(400, "the request target must be a path or an http URL")
+        host = url.host if url.port is None else url.host + b":%d" % url.port
+        exchange.target = (url.path or b"/") + (b"?" + url.query if url.query is not None else b"")
+        exchange.authority = host
+        exchange.host = host
+        exchange.connection_names = (exchange.connection_names or []) + [b"host"]
 
     def _upstream_head(self, exchange: Exchange, method: bytes, http10: bool) -> bytes:
         parts = exchange.parts
@@ -359,6 +404,8 @@ class ProxyProtocol(asyncio.Protocol):
         host = exchange.host
         if host is None or self._limits.rewrite_host:
             parts.append(self._proxy.host_line)
+        elif exchange.authority is not None:
+            parts.append(b"Host: " + exchange.authority + b"\r\n")
         xff = exchange.xff
         if xff is None:
             parts.append(self._forwarded)
@@ -404,13 +451,17 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _await_head(self, exchange: Exchange) -> None:
         """Arm the upstream timeout, which runs from the end of the request (a long upload is not slow
-        to answer) to the response head."""
-        if exchange.request_done and exchange.pipe is None:
-            self.deadline = _now() + self._limits.upstream_timeout
-            self._deadline_kind = _UPSTREAM
+        to answer) to the response head; while the body still streams, the body timeout runs instead."""
+        if not exchange.request_done:
+            self._arm(_BODY, self._limits.idle_timeout)
+        elif exchange.pipe is None:
+            self._arm(_UPSTREAM, self._limits.upstream_timeout)
         else:
-            self.deadline = 0.0
-            self._deadline_kind = _NO_DEADLINE
+            self._arm(_NO_DEADLINE, 0.0)
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        self._deadline_kind = kind
+        self.deadline = _now() + seconds if kind != _NO_DEADLINE else 0.0
 
     # -- called by the upstream side -------------------------------------------------------------------
 
@@ -468,8 +519,7 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.status = exchange.upstream_status
         exchange.first_byte = _now()
         if self._deadline_kind == _UPSTREAM:
-            self.deadline = 0.0
-            self._deadline_kind = _NO_DEADLINE
+            self._arm(_NO_DEADLINE, 0.0)
         self._pending_head = b"".join(parts)
         self._pipe = pipe
         if self._write_paused:
@@ -516,10 +566,10 @@ class ProxyProtocol(asyncio.Protocol):
             self._send_error(502, "the upstream response broke off")
         elif self._lost:
             pass
-        elif exchange.close_delimited or reason == SHUTDOWN:
+        elif exchange.close_delimited or reason == SHUTDOWN or reason == TIMEOUT:
             # A plain close would read as the end of a close-delimited body (and could wait on a
             # client that reads nothing): reset instead.
-            self._transport.abort()
+            self._reset()
         else:
             # Fewer bytes than Content-Length, or no last chunk, then the close: a visible truncation.
             self._close()
@@ -637,6 +687,17 @@ class ProxyProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.close()
 
+    def _reset(self) -> None:
+        """Close with a reset (SO_LINGER 0), never a FIN that a client could take for a clean end."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            except (OSError, AttributeError):
+                pass
+        transport.abort()
+
     def _block(self, reason: int) -> None:
         if not self._blocked and not self._lost:
             self._transport.pause_reading()
@@ -662,6 +723,24 @@ class ProxyProtocol(asyncio.Protocol):
             self._close()
         elif kind == _LINGER:
             self._transport.close()
+        elif kind == _BODY or kind == _SEND:
+            exchange = self._active
+            if exchange is None:
+                return
+            if kind == _SEND and not self._write_paused:
+                return
+            if kind == _BODY and exchange.request_done:
+                return
+            exchange.end_reason = TIMEOUT
+            pipe = self._pipe
+            if pipe is not None:
+                pipe.cancel()  # releases the upstream; end() resets the client
+                return
+            upstream = exchange.upstream
+            exchange.upstream = None
+            if upstream is not None:
+                upstream.abandon()
+            self._fail_exchange(exchange, 408, TIMEOUT, "the request body stopped arriving")
         elif kind == _UPSTREAM:
             exchange = self._active
             if exchange is None or exchange.pipe is not None:
@@ -697,5 +776,5 @@ class ProxyProtocol(asyncio.Protocol):
                     upstream.abandon()
                 self._fail_exchange(exchange, 503, SHUTDOWN, "the proxy is shutting down")
         if self._transport is not None and not self._lost:
-            self._transport.abort()
+            self._reset()
 

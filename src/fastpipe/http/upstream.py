@@ -261,6 +261,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._drop_names = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._mode != HEAD:
+            return  # a trailer field of a chunked body: passed on (zero-copy) or dropped (copying)
         kind = h.RESPONSE_KINDS.get(name.lower())
         if kind is None:
             self._parts += (name, b": ", value, b"\r\n")
