@@ -26,6 +26,7 @@ from .cells import WORKLOADS, CellResult, Settings, run_cell
 from .peers import PEERS
 from .processes import REPO_ROOT, install_cleanup, raise_fd_limit, stop_all
 
+FD_HEADROOM = 400
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
@@ -113,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     use_wrk = not args.no_wrk and load.wrk_binary() is not None
     fds = raise_fd_limit(4 * args.idle_connections + 1024)
     notes: list[str] = []
-    if fds < 2 * args.idle_connections + 100:  # the proxy holds two sockets per stream
-        args.idle_connections = max(100, (fds - 100) // 2)
+    # The proxy holds two sockets per stream, plus its own files and pooled connections (fastpipe: ~150).
+    if fds < 2 * args.idle_connections + FD_HEADROOM:
+        args.idle_connections = max(100, (fds - FD_HEADROOM) // 2)
         notes.append(f"open-file limit {fds} (hard): idle cell reduced to {args.idle_connections:,} streams")
     if not use_wrk:
         notes.append(
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=workdir,
     )
     results: list[CellResult] = []
+    revision = fastpipe_revision()  # before the run: the tree may change while it goes on
     started = time.monotonic()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     interrupted = False
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": date,
         "machine": machine(),
-        "fastpipe": fastpipe_revision(),
+        "fastpipe": revision,
         "pinning": pinning,
         "origin": f"{'nginx ' + nginx.version() if use_nginx else 'Python'} (static), Python (SSE)",
         "generator": "wrk, 1 thread" if use_wrk else "Python client",
