@@ -42,11 +42,6 @@ async def test_response_body_paused_past_every_timeout_arrives_whole() -> None:
         assert outcome.response is not None and outcome.response.body == body, outcome.received[:200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: trailer fields of a chunked request reach ProxyProtocol.on_header after the head was "
-    "built (exchange.parts is None): TypeError escapes data_received, the connection is dropped unanswered",
-)
 async def test_chunked_request_with_trailers_is_answered() -> None:
     async with proxied_origin() as peers:
         request = (

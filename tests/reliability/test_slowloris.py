@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-import pytest
-
 from ._client import ClientPlan, run_client
 from ._origin import OriginPlan
 from .hostile._peers import proxied_origin, raw_exchange
@@ -85,12 +83,6 @@ async def test_slowloris_connections_are_cut_at_the_header_timeout_while_others_
         assert peers.handler_calls == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug (since 202cac1): no deadline runs while a request body streams (_await_head disarms the "
-    "upstream timeout until the request is done), so a body that stops arriving holds the client connection "
-    "and a pooled upstream connection forever; a per-read body timeout (like nginx's client_body_timeout) is missing",
-)
 async def test_request_body_that_stops_arriving_is_cut_in_bounded_time() -> None:
     timeouts = {"header_timeout": 0.5, "upstream_timeout": 0.6, "idle_timeout": 1.0}
     async with proxied_origin(**timeouts) as peers:

@@ -8,8 +8,6 @@ complete.
 
 from __future__ import annotations
 
-import pytest
-
 from ._client import ClientPlan, run_client
 from ._origin import RST_MID_BODY, OriginPlan
 from .hostile._peers import proxied_origin
@@ -30,11 +28,6 @@ async def test_upstream_reset_mid_body_is_a_visible_cut_for_an_http11_client() -
     assert ending in ("fin", "rst") and body == b"", (ending, len(body))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: server.py ProxyProtocol.end() 'resets' an HTTP/1.0 client with transport.abort(), which "
-    "closes with a FIN (no SO_LINGER 0), so the cut close-delimited body reads as complete",
-)
 async def test_upstream_reset_mid_body_resets_an_http10_client() -> None:
     ending, body = await _cut(b"HTTP/1.0")
     assert ending == "rst", f"the HTTP/1.0 client saw a clean close after {len(body)} of {len(BODY)} bytes"

@@ -25,13 +25,9 @@ from fastpipe.http import Proxy, ProxyProtocol, proxy_of, start_proxy
 from .._origin import ChaosOrigin
 from .._wire import Response, StrictError, parse_response
 
-__all__ = ("CORPUS", "CORPUS_PENDING_FIX", "Driver", "FuzzFailure")
+__all__ = ("CORPUS", "Driver", "FuzzFailure")
 
 QUIET = 0.01  # seconds without a byte before the driver decides the connection waits on a timer
-# Known proxy bug (see test_slowloris.py, the R.U.D.Y. test): no deadline runs while a request body is
-# incomplete. Until it is fixed such inputs are counted and ended by the client instead of failing here;
-# once the proxy arms a timer in that state, the driver expires it like any other and this never applies.
-TOLERATE_STALLED_BODY = True
 BOUND = 5.0  # seconds one input may take in all
 
 CORPUS = (
@@ -39,16 +35,13 @@ CORPUS = (
     b"GET /a?b=c HTTP/1.1\r\nHost: fuzz.test\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n",
     b"HEAD /h HTTP/1.1\r\nHost: fuzz.test\r\n\r\n",
     b"POST /p HTTP/1.1\r\nHost: fuzz.test\r\nContent-Length: 5\r\n\r\nhello",
-    b"POST /c HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;x=y\r\nabc\r\n0\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n",
     b"PUT /e HTTP/1.1\r\nHost: fuzz.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
     b"GET /10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
     b"GET /1 HTTP/1.1\r\nHost: fuzz.test\r\n\r\nGET /2 HTTP/1.1\r\nHost: fuzz.test\r\nConnection: close\r\n\r\n",
     b"DELETE /d HTTP/1.1\r\nHost: fuzz.test\r\nConnection: close, X-Drop\r\nX-Drop: 1\r\n"
     b"X-Forwarded-For: 10.0.0.1\r\n\r\n",
-)
-# Valid requests the proxy mishandles today (see test_known_proxy_bugs.py); they join CORPUS once fixed.
-CORPUS_PENDING_FIX = (
-    b"POST /c HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nT: v\r\n\r\n",
 )
 
 
@@ -64,7 +57,6 @@ class Driver:
     server: asyncio.Server
     handler_calls: list[dict[str, Any]] = field(default_factory=list)
     inputs: int = 0
-    stalled_bodies: int = 0  # inputs ended by the client because a request body waited with no deadline
 
     @classmethod
     async def start(cls, **limits: Any) -> Driver:
@@ -113,9 +105,7 @@ class Driver:
                 try:
                     chunk = await asyncio.wait_for(reader.read(65536), QUIET)
                 except (asyncio.TimeoutError, TimeoutError):
-                    if self._stalled_body(local_port):
-                        self.stalled_bodies += 1
-                        break
+                    self._check_stalled_body(local_port)
                     expired += self._expire_if_waiting(local_port, loop.time())
                     if expired > 5:
                         raise FuzzFailure("expiring the connection's deadline does not end it") from None
@@ -149,16 +139,14 @@ class Driver:
                 position += size
                 index += 1
 
-    def _stalled_body(self, local_port: int) -> bool:
-        """The proxy waits for the rest of a request body with no timer armed (the known bug)."""
+    def _check_stalled_body(self, local_port: int) -> None:
+        """A request body that stopped arriving must have a timer armed, or it holds its connections forever."""
         protocol = self._protocol_for(local_port)
         if protocol is None or protocol.deadline > 0.0:
-            return False
+            return
         active = protocol._active
-        stalled = active is not None and active.pipe is None and not active.request_done
-        if stalled and not TOLERATE_STALLED_BODY:
+        if active is not None and active.pipe is None and not active.request_done:
             raise FuzzFailure("a request body stopped arriving and no deadline is armed: held forever")
-        return stalled
 
     def _expire_if_waiting(self, local_port: int, now: float) -> int:
         """Nothing moved for a while: if the proxy waits on a timer, make it fire now. Returns 1 if it did."""
