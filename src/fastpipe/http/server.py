@@ -723,13 +723,16 @@ class ProxyProtocol(asyncio.Protocol):
             self._close()
         elif kind == _LINGER:
             self._transport.close()
-        elif kind == _BODY or kind == _SEND:
+        elif kind == _SEND:
             exchange = self._active
-            if exchange is None:
+            pipe = self._pipe
+            if exchange is None or pipe is None or not self._write_paused:
                 return
-            if kind == _SEND and not self._write_paused:
-                return
-            if kind == _BODY and exchange.request_done:
+            exchange.end_reason = TIMEOUT
+            pipe.cancel()  # releases the upstream; end() resets the client
+        elif kind == _BODY:
+            exchange = self._active
+            if exchange is None or exchange.request_done:
                 return
             exchange.end_reason = TIMEOUT
             pipe = self._pipe
