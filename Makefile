@@ -36,7 +36,7 @@ bench: dev  ## micro benchmarks of the Pipe (pytest-benchmark) with a summary an
 		--chart benchmarks/results/pipe_overhead.png
 
 bench-proxy-quick: dev  ## fastpipe's proxy against a bare uvloop relay, a quick CPU check
-	$(PY) -m benchmarks.proxy_quick
+	$(PY) -m benchmarks.proxy_quick --copy
 
 bench-proxy: dev  ## the side-by-side proxy harness against nginx and Python peers (table + chart)
 	$(PY) -m benchmarks.proxy

@@ -2,6 +2,7 @@
 
 from ._backend import EXTENSION, Pipe, wrap
 from ._errors import PipeError
+from .http import ExchangeRecord, Limits, ProxyProtocol, shutdown_proxy, start_proxy
 from .pump import FlowProtocol, pump
 from .sources import from_aiohttp, from_httpx, from_stream_reader
 from .sse import Event, EventTap, EventTooLarge
@@ -17,15 +18,20 @@ __all__ = (
     "Event",
     "EventTap",
     "EventTooLarge",
+    "ExchangeRecord",
     "FlowProtocol",
+    "Limits",
     "Pipe",
     "PipeError",
+    "ProxyProtocol",
     "SourceCancelled",
     "__version__",
     "from_aiohttp",
     "from_httpx",
     "from_stream_reader",
     "pump",
+    "shutdown_proxy",
+    "start_proxy",
     "tee",
     "wrap",
 )
