@@ -201,10 +201,14 @@ async def _after_settling(
         lambda: not proxy.connections and proxy.pool.open == proxy.pool.idle, 5.0
     )
     if proxy is not None and not settled:
+        # Private state, read only to say which exchange an upstream connection is still bound to.
+        idle = set(map(id, getattr(proxy.pool, "_idle", [])))
+        busy = [c for c in getattr(proxy.pool, "_all", ()) if id(c) not in idle]
+        bound = [repr(getattr(c, "_exchange", None)) for c in busy]
         report.general.append(
             f"traffic did not settle: {len(proxy.connections)} client connections still open "
             f"({sorted(map(repr, proxy.connections))[:5]}), {proxy.pool.open} upstream open, "
-            f"{proxy.pool.idle} idle"
+            f"{proxy.pool.idle} idle; the busy ones serve {bound}"
         )
     await _bounded_wait(lambda: not origin.open_tainted(), 3.0)
     for connection in origin.open_tainted():
