@@ -54,7 +54,7 @@ wheel: dev  ## build sdist + wheel, check both, and check the wheel carries the 
 
 lint: dev  ## ruff on sources, tests and benchmarks
 	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src/fastpipe/_pipe_py.py src/fastpipe/_errors.py src/fastpipe/_backend.py
+	$(VENV)/bin/ruff format --check src tests benchmarks examples setup.py
 
 typecheck: dev  ## mypy --strict on the package, and stubtest against the compiled module's stubs
 	$(VENV)/bin/mypy

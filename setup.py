@@ -13,9 +13,7 @@ import sys
 
 from setuptools import Extension, setup
 
-NO_EXTENSIONS = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0") or (
-    sys.implementation.name != "cpython"
-)
+NO_EXTENSIONS = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0") or (sys.implementation.name != "cpython")
 TRACE = os.environ.get("FASTPIPE_CYTHON_TRACE", "") not in ("", "0")
 
 

@@ -168,7 +168,9 @@ def spawn(code: str, *args: object) -> subprocess.Popen[bytes]:
 def run_client(port: int, connections: int, seconds: float) -> int:
     result = subprocess.run(
         [sys.executable, "-c", CLIENT, str(port), str(connections), str(seconds)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return int(result.stdout.strip())
 
@@ -236,8 +238,9 @@ def main() -> int:
         print(f"  zero-copy / copy: {saved:.2f} of the copying mode's CPU per request")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"size": args.size, "connections": args.connections, "pure": pure, "results": best}, handle,
-                      indent=2)
+            json.dump(
+                {"size": args.size, "connections": args.connections, "pure": pure, "results": best}, handle, indent=2
+            )
     return 0
 
 

@@ -23,6 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # out (the default run covers them), instead of failing on a module that was never meant to load.
     if not NO_EXTENSIONS:
         return
+
     def compiled(item: pytest.Item) -> bool:
         callspec = getattr(item, "callspec", None)
         return callspec is not None and callspec.params.get("impl") == "c"

@@ -1,7 +1,7 @@
 """The ``fastpipe`` command (also ``python -m fastpipe``).
 
-    fastpipe proxy --upstream http://HOST:PORT --listen HOST:PORT [--workers N] [--access-log] [--stock-loop]
-    fastpipe demo [hazard|proxy|all]        (default: all)
+fastpipe proxy --upstream http://HOST:PORT --listen HOST:PORT [--workers N] [--access-log] [--stock-loop]
+fastpipe demo [hazard|proxy|all]        (default: all)
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ def _proxy_parser(subparsers: Any) -> None:
     from .http.limits import Limits
 
     defaults = Limits()
-    parser = subparsers.add_parser(
-        "proxy", help="run the reverse proxy", description="Run the HTTP/1.1 reverse proxy."
-    )
+    parser = subparsers.add_parser("proxy", help="run the reverse proxy", description="Run the HTTP/1.1 reverse proxy.")
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the origin")
     parser.add_argument(
         "--listen", type=_listen_address, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)"

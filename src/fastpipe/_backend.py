@@ -12,9 +12,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
-NO_EXTENSIONS = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0") or (
-    sys.implementation.name != "cpython"
-)
+NO_EXTENSIONS = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0") or (sys.implementation.name != "cpython")
 
 if TYPE_CHECKING:
     from ._pipe_py import Pipe, wrap

@@ -538,4 +538,3 @@ def wrap(body: AsyncIterable[Chunk] | None, owner: object = None, **options: Any
     if body is None:
         return None
     return Pipe(body, owner, **options)
-

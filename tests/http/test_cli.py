@@ -153,8 +153,18 @@ async def test_workers_share_the_port_and_a_crashed_worker_is_restarted(origin_u
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "fastpipe", "proxy", "--upstream", origin_url, "--listen", f"127.0.0.1:{port}",
-         "--workers", "2"],
+        [
+            sys.executable,
+            "-m",
+            "fastpipe",
+            "proxy",
+            "--upstream",
+            origin_url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+        ],
         stderr=subprocess.PIPE,
         env=ENV,
     )
@@ -190,7 +200,8 @@ async def _children(pid: int, count: int, excluding: set[int] | None = None) -> 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         children = [
-            child for child in psutil.Process(pid).children()
+            child
+            for child in psutil.Process(pid).children()
             if child.pid not in (excluding or set()) and child.status() != psutil.STATUS_ZOMBIE
         ]
         listening = [child for child in children if _listens(child)]
@@ -209,8 +220,21 @@ def _listens(process: psutil.Process) -> bool:
 
 def test_demo_proxy_command_runs_and_checks_integrity() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fastpipe", "demo", "proxy", "--scale", "0.02", "--streams", "3", "--downloads", "2",
-         "--uploads", "2"],
+        [
+            sys.executable,
+            "-m",
+            "fastpipe",
+            "demo",
+            "proxy",
+            "--scale",
+            "0.02",
+            "--streams",
+            "3",
+            "--downloads",
+            "2",
+            "--uploads",
+            "2",
+        ],
         capture_output=True,
         env=ENV,
         timeout=60,

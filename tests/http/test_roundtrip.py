@@ -116,8 +116,14 @@ async def test_aiohttp_client_streams_through(proxied: ProxyUnderTest) -> None:
 async def test_curl_round_trip(proxied: ProxyUnderTest) -> None:
     size = 200_000
     process = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--fail", "--max-time", "10", f"{proxied.url}/bytes?n={size}&seed=8",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "10",
+        f"{proxied.url}/bytes?n={size}&seed=8",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 15)
     assert process.returncode == 0, stderr

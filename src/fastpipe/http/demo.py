@@ -239,6 +239,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..__main__ import run
 
-    return run(
-        lambda: run_demo(args.scale, args.streams, args.downloads, args.uploads), stock_loop=args.stock_loop
-    )
+    return run(lambda: run_demo(args.scale, args.streams, args.downloads, args.uploads), stock_loop=args.stock_loop)

@@ -71,8 +71,7 @@ class Limits:
             _require_int("max_body_size", self.max_body_size, minimum=0)
         if self.write_low_water > self.write_high_water:
             raise ValueError(
-                f"write_low_water ({self.write_low_water}) must not exceed write_high_water "
-                f"({self.write_high_water})"
+                f"write_low_water ({self.write_low_water}) must not exceed write_high_water ({self.write_high_water})"
             )
 
     @classmethod

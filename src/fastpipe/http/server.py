@@ -780,4 +780,3 @@ class ProxyProtocol(asyncio.Protocol):
                 self._fail_exchange(exchange, 503, SHUTDOWN, "the proxy is shutting down")
         if self._transport is not None and not self._lost:
             self._reset()
-

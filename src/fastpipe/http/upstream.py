@@ -584,9 +584,7 @@ class UpstreamPool:
         client = exchange.client
         try:
             _, connection = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: self._factory(self), self.address.host, self.address.port
-                ),
+                self.loop.create_connection(lambda: self._factory(self), self.address.host, self.address.port),
                 self.limits.connect_timeout,
             )
         except asyncio.TimeoutError:
