@@ -53,6 +53,7 @@ cdef class Pipe:
     cdef int _cancel_pushed(self) except -1
     cdef int _end_pushed(self) except -1
     cdef int _wake_puller(self) except -1
+    cdef bint _write_to_sink(self, object write, object chunk, Py_ssize_t size) except -1
 
 
 @cython.final

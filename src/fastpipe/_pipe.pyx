@@ -361,17 +361,7 @@ cdef class Pipe:
         size = _chunk_size(chunk)  # a bad chunk is refused before the pipe opens
         self._state = STATE_OPEN
         if self._sink_write is not None:
-            self.chunks += 1
-            self.nbytes += size
-            if self._taps is not None:
-                self._observe(chunk)
-            try:
-                self._sink_write(chunk)
-            except Exception as exc:
-                self.cancel()
-                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
-                return False
-            return True
+            return self._write_to_sink(self._sink_write, chunk, size)
         self._queued_bytes += size
         self._queue.append(chunk)
         if self._queued_bytes > self._high_water:
@@ -420,17 +410,7 @@ cdef class Pipe:
             chunk = queue.popleft()
             size = _chunk_size(chunk)
             self._queued_bytes -= size
-            self.chunks += 1
-            self.nbytes += size
-            if self._taps is not None:
-                self._observe(chunk)
-            try:
-                sink.write(chunk)
-            except Exception as exc:
-                self.cancel()
-                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
-                return
-            if self._state == STATE_CANCELLED:
+            if not self._write_to_sink(sink.write, chunk, size) or self._state == STATE_CANCELLED:
                 return
         self._sink_write = sink.write
         if self._pending_end is not None:
@@ -451,6 +431,20 @@ cdef class Pipe:
             self._paused = False
             if self._producer is not None:
                 self._producer.resume_reading()
+
+    cdef bint _write_to_sink(self, object write, object chunk, Py_ssize_t size) except -1:
+        # Count, show to the taps, write; a sink that fails is a client gone: cancel, and report why.
+        self.chunks += 1
+        self.nbytes += size
+        if self._taps is not None:
+            self._observe(chunk)
+        try:
+            write(chunk)
+        except Exception as exc:
+            self.cancel()
+            report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
+            return False
+        return True
 
     cdef int _wake_puller(self) except -1:
         waiter = self._waiter

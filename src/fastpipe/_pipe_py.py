@@ -372,16 +372,8 @@ class Pipe:
             raise RuntimeError("feed() after feed_eof() or feed_error()")
         size = _chunk_size(chunk)  # a bad chunk is refused before the pipe opens
         self._state = OPEN
-        write = self._sink_write
-        if write is not None:
-            self._count(chunk, size)
-            try:
-                write(chunk)
-            except Exception as exc:
-                self.cancel()
-                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
-                return False
-            return True
+        if self._sink_write is not None:
+            return self._write_to_sink(self._sink_write, chunk, size)
         assert self._queue is not None
         self._queued_bytes += size
         self._queue.append(chunk)
@@ -436,20 +428,24 @@ class Pipe:
             chunk = queue.popleft()
             size = _chunk_size(chunk)
             self._queued_bytes -= size
-            self._count(chunk, size)
-            try:
-                sink.write(chunk)
-            except Exception as exc:
-                self.cancel()
-                report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
-                return
-            if self._state is CANCELLED:
+            if not self._write_to_sink(sink.write, chunk, size) or self._state is CANCELLED:
                 return
         self._sink_write = sink.write
         if self._pending_end is not None:
             self._finish_pushed(self._pending_end)
         elif self._paused and self._queued_bytes <= self._low_water:
             self.resume_producing()
+
+    def _write_to_sink(self, write: Callable[[Any], object], chunk: Any, size: int) -> bool:
+        """Count, show to the taps, write; a sink that fails is a client gone: cancel, and report why."""
+        self._count(chunk, size)
+        try:
+            write(chunk)
+        except Exception as exc:
+            self.cancel()
+            report_callback_error("fastpipe: sink.write failed; pipe cancelled", exc, self)
+            return False
+        return True
 
     def pause_producing(self) -> None:
         """Ask the producer to stop reading; safe to repeat."""
