@@ -14,6 +14,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
+	$(PIP) install -q 'Cython>=3.1,<4' 'setuptools>=68' wheel  # for `make build` (in-place rebuilds)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 	touch $@
 
