@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._loop import run
+
 __all__ = ("main",)
 
 
@@ -100,18 +102,6 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(main: Any, *, stock_loop: bool = False) -> int:
-    """Run a coroutine function on uvloop when it is importable (unless told not to), else asyncio's loop."""
-    if not stock_loop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run(main())  # type: ignore[no-any-return]
-    return asyncio.run(main())  # type: ignore[no-any-return]
-
-
 def _proxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.workers < 1:
         print("fastpipe: --workers must be at least 1", file=sys.stderr)
@@ -154,13 +144,9 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     status = 0
     if args.which in ("hazard", "all"):
-        try:
-            from . import _demo_hazard
-        except ImportError:
-            print("fastpipe: the hazard demo is not available in this build", file=sys.stderr)
-            status = 1
-        else:
-            status |= _demo_hazard.main(args.rest)
+        from . import _demo_hazard
+
+        status |= _demo_hazard.main(args.rest)
     if args.which in ("proxy", "all"):
         from .http import demo
 

@@ -237,6 +237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=8, help="concurrent uploads echoed back")
     parser.add_argument("--stock-loop", action="store_true", help="use asyncio's own loop instead of uvloop")
     args = parser.parse_args(argv)
-    from ..__main__ import run
+    from .._loop import run
 
     return run(lambda: run_demo(args.scale, args.streams, args.downloads, args.uploads), stock_loop=args.stock_loop)
