@@ -3,6 +3,8 @@
     .venv/bin/python tools/memcheck.py                 # tests/pipe, compiled cases only (~3 min)
     .venv/bin/python tools/memcheck.py --self-check    # prove the setup catches a use-after-free and a leak
     .venv/bin/python tools/memcheck.py -- -k refcount  # extra pytest arguments after --
+    .venv/bin/python tools/memcheck.py --tests tests/http/test_upstream_faults.py tests/http/test_zero_copy.py
+                                                       # the compiled Pipe under the proxy's real traffic
 
 CPython runs with ``PYTHONMALLOC=malloc`` so every object is a malloc block memcheck can see; the only
 suppressions are the interpreter's and libc's known noise (``tools/valgrind-python.supp``, none of them
@@ -153,7 +155,7 @@ def self_check(python: str, xml_dir: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tests", default="tests/pipe", help="what pytest runs (default: tests/pipe)")
+    parser.add_argument("--tests", nargs="+", default=["tests/pipe"], help="what pytest runs (default: tests/pipe)")
     parser.add_argument("--both", action="store_true", help="also run the pure-Python twin's cases")
     parser.add_argument("--self-check", action="store_true", help="only check that errors would be caught")
     parser.add_argument("--keep", type=Path, help="write valgrind's XML and logs here (default: a temp dir)")
@@ -176,7 +178,7 @@ def main() -> int:
         print("memcheck: the compiled Pipe does not load; build it first (make build)")
         return 2
 
-    pytest = [python, "-m", "pytest", options.tests, "-q", "-p", "no:cacheprovider", "-o", "timeout=1200"]
+    pytest = [python, "-m", "pytest", *options.tests, "-q", "-p", "no:cacheprovider", "-o", "timeout=1200"]
     if not options.both:
         pytest += ["-p", "memcheck_plugin"]
     tests_status = run([*valgrind_command(xml_dir), *pytest, *options.pytest_args], environment())

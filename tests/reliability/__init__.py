@@ -2,7 +2,7 @@
 
 What runs in the normal test run (about a minute on two cores):
 
-* ``test_fault_injection.py``: 400 seeded scenarios (x2 loops) of a chaos client and a chaos origin through
+* ``test_fault_injection.py``: 300 seeded scenarios (x2 loops) of a chaos client and a chaos origin through
   the proxy; a failure prints each failing seed, its scenario and ``FASTPIPE_CHAOS_SEEDS=...`` to replay it.
   ``FASTPIPE_CHAOS_RUNS=N`` / ``FASTPIPE_CHAOS_BASE=B`` run other seeds (``make fuzz`` runs thousands).
 * ``test_chaos_verdict.py``: the same verdict applied to a plain byte relay must fail (it can fail).

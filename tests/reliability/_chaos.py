@@ -26,7 +26,8 @@ from ._origin import ChaosOrigin, OriginPlan
 __all__ = ("TIMEOUTS", "Scenario", "judge", "scenario_for")
 
 # The proxy's limits during chaos runs: short, so stalls past them cost little time.
-TIMEOUTS = {"header_timeout": 0.5, "upstream_timeout": 0.6, "connect_timeout": 1.0, "idle_timeout": 2.0}
+# idle_timeout is also the proxy's limit between two reads of a request body (and of a parked response).
+TIMEOUTS = {"header_timeout": 0.5, "upstream_timeout": 0.6, "connect_timeout": 1.0, "idle_timeout": 1.0}
 # A stall "past a timeout" lasts this long: past the longer timeout, plus the sweep's lateness (a quarter of
 # the shorter one), plus slack for a loaded machine.
 STALL = 1.0
@@ -175,7 +176,7 @@ def scenario_for(seed: int) -> Scenario:
         delay=0.001 if client_drip else 0.0,
         fault=client_fault,
         fault_at=rng.randint(0, 1 << 30),
-        stall=STALL,
+        stall=2 * STALL if client_fault == c.STALL_MID_BODY else STALL,  # past the body's idle timeout
         patience=4.0 + (STALL if origin_fault in (o.STALL_BEFORE_HEAD, o.STALL_MID_BODY) else 0.0),
     )
     if client.chunk_size == 1 and len(request_body) > 4096:
@@ -214,8 +215,8 @@ def _allowed(scenario: Scenario) -> tuple[bool, bool, frozenset[int] | None, boo
         return False, True, frozenset({408}), False
     http10_chunked = client.version == b"HTTP/1.0" and plan.framing == "chunked" and client.method != b"HEAD"
     if client.fault == c.STALL_MID_BODY and client.body and plan.fault == o.NONE:
-        # A pause mid-upload: served once the body goes on, or cut by a timeout, never lost or hung.
-        return True, False, frozenset({408, 504} | ({502} if http10_chunked else set())), False
+        # An upload paused past the idle timeout between body reads: cut with a 408, the origin left waiting.
+        return False, False, frozenset({408} | ({502} if http10_chunked else set())), False
     if not benign_client:
         return True, True, None, False
     fault = plan.fault

@@ -2,7 +2,7 @@
 
 Each seed draws one scenario (``_chaos.scenario_for``): the chaos client and the chaos origin each may
 reset, half-close, stall past a timeout, drip, cut a body at a random offset, lie about chunk sizes or
-answer early. The normal run covers ``FASTPIPE_CHAOS_RUNS`` seeds (default 400, split over the slices
+answer early. The normal run covers ``FASTPIPE_CHAOS_RUNS`` seeds (default 300, split over the slices
 below); ``make fuzz`` raises it. A failure lists each failing seed with its scenario and the command that
 replays it (``FASTPIPE_CHAOS_SEEDS=...``).
 """
@@ -16,7 +16,7 @@ import pytest
 from ._harness import chaos_seeds, run_chaos
 
 SLICES = 4
-SEEDS = chaos_seeds(400)
+SEEDS = chaos_seeds(300)
 REPLAY = bool(os.environ.get("FASTPIPE_CHAOS_SEEDS"))  # a replay runs its seeds as given, in one slice
 
 
