@@ -346,8 +346,8 @@ def chart(figures: dict[str, PeerFigures], meta: dict[str, Any], path: Path) -> 
         if log_scale and max(medians) > 20 * max(min(medians), 1e-9):
             axis.set_xscale("log")
         axis.set_title(f"{title}\n({hint})", fontsize=10)
-        for pos, value in zip(positions, medians, strict=True):
-            axis.annotate(" " + _short(value), (value, pos), va="center", fontsize=8)
+        for pos, (_, s) in zip(positions, rows, strict=True):
+            axis.annotate("  " + _short(s.median), (s.high, pos), va="center", fontsize=8)  # right of the whisker
         axis.grid(axis="x", alpha=0.3)
     fig.suptitle(f"fastpipe and peers as reverse proxies: {meta['date']}, {meta['machine']}", fontsize=11)
     fig.text(

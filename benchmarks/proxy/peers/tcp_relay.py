@@ -21,6 +21,7 @@ class Half(asyncio.Protocol):
         self.peer: Half | None = None
         self.pending: list[bytes] = []
         self.closed = False
+        self.got_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -33,11 +34,15 @@ class Half(asyncio.Protocol):
             self.pending.append(data)
 
     def eof_received(self) -> bool:
+        self.got_eof = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
-            return True
-        return False
+        if peer is None or peer.transport is None or peer.got_eof or not peer.transport.can_write_eof():
+            # Both directions are finished (or cannot be half-closed): close both, or the sockets linger.
+            if peer is not None and peer.transport is not None:
+                peer.transport.close()
+            return False
+        peer.transport.write_eof()  # pass the half-close on; the other direction may still carry data
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
