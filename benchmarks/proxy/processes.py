@@ -142,13 +142,16 @@ def stop_all() -> None:
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def install_cleanup() -> None:
-    """Stop everything on normal exit, on SIGTERM/SIGHUP (turned into SystemExit) and, via finally, on Ctrl-C."""
+    """Stop everything on normal exit and on SIGINT/SIGTERM/SIGHUP, which all raise KeyboardInterrupt.
+
+    SIGINT is installed explicitly because a shell starts background jobs with it ignored.
+    """
     atexit.register(stop_all)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
 

@@ -8,9 +8,13 @@ missing (``apt-get install nginx wrk``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +101,51 @@ def test_nginx_peer_under_wrk_against_no_proxy(tmp_path: Path) -> None:
     assert nginx["small_cost"]["median"] == pytest.approx(small["cost"])
     markdown = (tmp_path / "r.md").read_text()
     assert "| nginx " in markdown and "proxy_pass |" in markdown
+
+
+def processes_tagged(tag: str) -> list[int]:
+    """Live processes whose environment carries ``tag`` (every child inherits the harness's environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if tag.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_ctrl_c_stops_every_process_and_still_writes_the_partial_report(tmp_path: Path) -> None:
+    tag = f"BENCH_TEST_TAG={uuid.uuid4().hex}"
+    env = dict(os.environ, BENCH_TEST_TAG=tag.split("=", 1)[1])
+    argv = [sys.executable, "-m", "benchmarks.proxy", "--no-wrk", "--no-nginx", "--only", "relay", "--cells", "small"]
+    argv += ["--runs", "1", "--duration", "20", "--warmup", "0", "--quiet-wait", "0", "--retries", "0"]
+    argv += [
+        "--json",
+        str(tmp_path / "r.json"),
+        "--chart",
+        str(tmp_path / "r.png"),
+        "--markdown",
+        str(tmp_path / "r.md"),
+    ]
+    harness = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert harness.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the cell is under way once its progress line is out
+            line = harness.stderr.readline()
+            if "small relay" in line or not line:
+                break
+        time.sleep(1.0)  # origin, relay and load client are running now
+        running = processes_tagged(tag)
+        assert len(running) >= 3, running  # harness, origin, relay (and the load client)
+        harness.send_signal(signal.SIGINT)
+        _, errors = harness.communicate(timeout=20)
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+    assert harness.returncode == 130, errors[-2000:]
+    assert processes_tagged(tag) == []
+    assert "- interrupted: partial results" in (tmp_path / "r.md").read_text()
