@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 EXTRAS := test,bench,lint,aiohttp,httpx,asgi
 STAMP := $(VENV)/.fastpipe-installed
 
-.PHONY: help dev build test test-py test-both bench bench-proxy bench-proxy-quick demo wheel lint typecheck stubtest clean
+.PHONY: help dev build test test-py bench bench-proxy bench-proxy-quick bench-proxy-smoke profile-proxy demo wheel lint typecheck clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -41,6 +41,12 @@ bench-proxy-quick: dev  ## fastpipe's proxy against a bare uvloop relay, a quick
 
 bench-proxy: dev  ## the side-by-side proxy harness against nginx and Python peers (table + chart)
 	$(PY) -m benchmarks.proxy
+
+bench-proxy-smoke: dev  ## the proxy harness in quick mode (1 run, 2 s cells, 1,000 idle streams)
+	$(PY) -m benchmarks.proxy --quick
+
+profile-proxy: dev  ## py-spy samples of fastpipe's proxy under 1 KiB requests
+	$(PY) -m benchmarks.proxy.profile --peer fastpipe --cell small
 
 demo: dev  ## the main job: the owner hazard side by side, then the proxy demo
 	$(VENV)/bin/fastpipe demo
