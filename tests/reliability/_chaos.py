@@ -108,6 +108,14 @@ def _size(rng: random.Random) -> int:
     return rng.randint(200_001, 1_500_000)  # larger than every buffer and high-water mark on the way
 
 
+def _bounded_writes(size: int, pieces: tuple[int, ...]) -> tuple[int, ...]:
+    """Write sizes that split ``size`` bytes into at most a few thousand writes: tiny pieces of a large body
+    would hold the loop every chaos peer shares (and make every timer in the batch late)."""
+    if size * len(pieces) / sum(pieces) <= 3000:
+        return pieces
+    return tuple(max(piece, 8192) for piece in pieces)
+
+
 def scenario_for(seed: int) -> Scenario:
     rng = random.Random(seed)
     target = b"/chaos/%d" % seed
@@ -141,7 +149,7 @@ def scenario_for(seed: int) -> Scenario:
         # a second (building and checking a million chunks) and make every timer in the batch late.
         chunk_sizes = tuple(max(1000, chunk) for chunk in chunk_sizes)
     drip = size <= 64 and rng.random() < 0.3 and origin_fault != o.HUGE_HEAD
-    pieces = tuple(rng.choice((1, 13, 512, 8192, 70_000, 1 << 20)) for _ in range(3))
+    pieces = _bounded_writes(size, tuple(rng.choice((1, 13, 512, 8192, 70_000, 1 << 20)) for _ in range(3)))
     slow = not drip and rng.random() < 0.1 and (size + 300) / min(pieces) < 400  # paced, at most ~0.2 s
     plan = OriginPlan(
         status=status,
@@ -172,7 +180,9 @@ def scenario_for(seed: int) -> Scenario:
         body=request_body,
         framing=request_framing,
         chunk_size=rng.choice((1, 100, 4096, 65536)),
-        pieces=(1,) if client_drip else tuple(rng.choice((1, 50, 1460, 65536, 1 << 20)) for _ in range(3)),
+        pieces=(1,)
+        if client_drip
+        else _bounded_writes(len(request_body), tuple(rng.choice((1, 50, 1460, 65536, 1 << 20)) for _ in range(3))),
         delay=0.001 if client_drip else 0.0,
         fault=client_fault,
         fault_at=rng.randint(0, 1 << 30),

@@ -25,10 +25,12 @@ REPLAY = bool(os.environ.get("FASTPIPE_CHAOS_SEEDS"))  # a replay runs its seeds
 async def test_every_seeded_fault_ends_exact_visibly_incomplete_or_5xx_and_leaks_nothing(part: int) -> None:
     seeds = (SEEDS if part == 0 else []) if REPLAY else SEEDS[part::SLICES]
     if not seeds:
-        return
+        pytest.skip("a replay runs all its seeds in slice0")
     report = await run_chaos(seeds)
     assert not report.failed, "\n" + report.explain(__file__)
-    # The schedule really exercised the outcomes it judges (a run where everything came back exact, or
-    # nothing did, would not be testing faults).
-    assert report.endings.get("complete", 0) > len(seeds) // 3, report.endings
     assert sum(report.endings.values()) == len(seeds), report.endings
+    if not REPLAY:
+        # The schedule really exercised the outcomes it judges (a run where everything came back exact, or
+        # nothing did, would not be testing faults).
+        assert report.endings.get("complete", 0) > len(seeds) // 3, report.endings
+        assert len(report.endings) >= 3, report.endings
