@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 EXTRAS := test,bench,lint,aiohttp,httpx,asgi
 STAMP := $(VENV)/.fastpipe-installed
 
-.PHONY: help dev build test test-py bench bench-proxy bench-proxy-quick bench-proxy-smoke profile-proxy demo wheel lint typecheck clean
+.PHONY: help dev build test test-py bench bench-proxy bench-proxy-quick bench-proxy-smoke profile-proxy memcheck fuzz soak demo wheel lint typecheck clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -47,6 +47,20 @@ bench-proxy-smoke: dev  ## the proxy harness in quick mode (1 run, 2 s cells, 1,
 
 profile-proxy: dev  ## py-spy samples of fastpipe's proxy under 1 KiB requests
 	$(PY) -m benchmarks.proxy.profile --peer fastpipe --cell small
+
+memcheck: build  ## the Pipe tests, then proxy tests, under valgrind memcheck (apt-get install valgrind)
+	$(PY) tools/memcheck.py --self-check
+	$(PY) tools/memcheck.py
+	$(PY) tools/memcheck.py --tests tests/http/test_upstream_faults.py tests/http/test_zero_copy.py tests/http/test_keep_alive.py
+
+fuzz: dev  ## long fuzz: 20000 fresh inputs per strategy into the proxy protocol, 4000 more chaos seeds per loop
+	FASTPIPE_FUZZ_EXAMPLES=20000 $(PY) -m pytest tests/reliability/hostile/test_fuzz_protocol.py -p no:cacheprovider -o timeout=3600
+	FASTPIPE_CHAOS_RUNS=4000 FASTPIPE_CHAOS_BASE=$${FASTPIPE_CHAOS_BASE:-100000} \
+		$(PY) -m pytest tests/reliability/test_fault_injection.py -p no:cacheprovider -o timeout=3600
+
+soak: dev  ## mixed traffic through the proxy (SOAK_SECONDS, default 600): RSS, fds, live Pipes; plot in benchmarks/results
+	mkdir -p benchmarks/results
+	$(PY) tools/soak.py --duration $${SOAK_SECONDS:-600} --json benchmarks/results/soak.json
 
 demo: dev  ## the main job: the owner hazard side by side, then the proxy demo
 	$(VENV)/bin/fastpipe demo
