@@ -12,7 +12,8 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 from ._backend import Pipe
-from .tee import DisconnectPolicy, chunk_nbytes
+from ._chunks import chunk_nbytes
+from .tee import DisconnectPolicy
 
 __all__ = ("deliver",)
 

@@ -3,8 +3,8 @@ from collections.abc import AsyncIterable, Callable
 from types import TracebackType
 from typing import Any, Final, final
 
+from ._chunks import Chunk as _Chunk
 from ._errors import PipeError as PipeError
-from ._pipe_py import Chunk as _Chunk
 from ._pipe_py import Producer as _Producer
 from ._pipe_py import Sink as _Sink
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections import deque
-from typing import Any, AsyncIterable, Callable, Protocol, Union
+from typing import Any, AsyncIterable, Callable, Protocol
 
+from ._chunks import Chunk
+from ._chunks import chunk_nbytes as _chunk_size
 from ._errors import PipeError, report_callback_error
 
 __all__ = ("Pipe", "PipeError", "Producer", "Sink", "wrap")
-
-Chunk = Union[bytes, bytearray, memoryview]
 
 IDLE = "idle"
 OPEN = "open"
@@ -58,20 +58,6 @@ class _End:
 
 
 _EOF = _End()
-
-
-def _chunk_size(chunk: Any) -> int:
-    """Bytes in a chunk; a memoryview counts its bytes, not its items."""
-    kind = type(chunk)
-    if kind is bytes or kind is bytearray:
-        return len(chunk)
-    if kind is memoryview:
-        return chunk.nbytes  # type: ignore[no-any-return]
-    try:
-        with memoryview(chunk) as view:
-            return view.nbytes
-    except TypeError:
-        raise TypeError(f"Pipe chunks must be bytes-like, got {kind.__name__}") from None
 
 
 class Pipe:

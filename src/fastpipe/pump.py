@@ -22,8 +22,9 @@ import asyncio
 from typing import Any, Protocol, Union
 
 from ._backend import Pipe
+from ._chunks import chunk_nbytes
 from ._delivery import deliver
-from .tee import CANCEL, DisconnectPolicy, chunk_nbytes
+from .tee import CANCEL, DisconnectPolicy
 
 __all__ = ("FlowProtocol", "pump")
 

@@ -40,6 +40,7 @@ from functools import partial
 from typing import Any, Literal
 
 from ._backend import Pipe
+from ._chunks import chunk_nbytes
 
 __all__ = (
     "CANCEL",
@@ -114,14 +115,6 @@ class BranchOverflow(BranchError):
 
 class SourceCancelled(BranchError):
     """The tee cancelled the source before its end: the primary left, or a drain bound was reached."""
-
-
-def chunk_nbytes(chunk: Any) -> int:
-    """Bytes in a bytes-like chunk (a memoryview counts bytes, not items)."""
-    if type(chunk) is bytes or type(chunk) is bytearray:
-        return len(chunk)
-    with memoryview(chunk) as view:
-        return view.nbytes
 
 
 def tee(
