@@ -37,7 +37,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from ._backend import Pipe
 from ._chunks import chunk_nbytes
@@ -259,30 +259,28 @@ class _Tee:
     def _end(self, error: BaseException | None) -> None:
         """The source ended (error None) or failed: every branch still fed learns it the same way."""
         self._stopping = True
-        fed = self._fed
-        for index in range(len(fed)):
-            branch = fed[index]
-            if branch is not None:
-                fed[index] = None
-                if error is None:
-                    branch.feed_eof()
-                else:
-                    branch.feed_error(error)
-        self._cancel_deadline()
+        self._end_branches(None if error is None else lambda: error)
 
     def _cut(self, reason: str) -> None:
         """Stop reading before the source's end; branches still fed get SourceCancelled."""
         if self._stopping:
             return
         self._stopping = True
+        self._end_branches(lambda: SourceCancelled(reason))  # one exception per branch
+        self._ready.set()
+
+    def _end_branches(self, failure: Callable[[], BaseException] | None) -> None:
+        """A clean end (failure None) or ``failure()`` to every branch still fed."""
         fed = self._fed
         for index in range(len(fed)):
             branch = fed[index]
             if branch is not None:
                 fed[index] = None
-                branch.feed_error(SourceCancelled(reason))
+                if failure is None:
+                    branch.feed_eof()
+                else:
+                    branch.feed_error(failure())
         self._cancel_deadline()
-        self._ready.set()
         reader = self._reader
         if reader is not None and not reader.done() and reader is not _current_task(self._loop):
             reader.cancel()

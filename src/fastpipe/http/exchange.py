@@ -93,5 +93,12 @@ class Exchange:
         self.first_byte = 0.0
         self.end_reason: str | None = None
 
+    def abandon_upstream(self) -> None:
+        """Let go of the upstream connection mid-exchange: it can never serve another request."""
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.abandon()
+
     def __repr__(self) -> str:
         return f"<Exchange {self.method.decode('latin-1')} {self.target.decode('latin-1')} status={self.status}>"

@@ -181,10 +181,7 @@ class ProxyProtocol(asyncio.Protocol):
             return
         exchange = self._active
         if exchange is not None:
-            upstream = exchange.upstream
-            exchange.upstream = None
-            if upstream is not None:
-                upstream.abandon()
+            exchange.abandon_upstream()
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
 
     def eof_received(self) -> bool | None:
@@ -739,19 +736,13 @@ class ProxyProtocol(asyncio.Protocol):
             if pipe is not None:
                 pipe.cancel()  # releases the upstream; end() resets the client
                 return
-            upstream = exchange.upstream
-            exchange.upstream = None
-            if upstream is not None:
-                upstream.abandon()
+            exchange.abandon_upstream()
             self._fail_exchange(exchange, 408, TIMEOUT, "the request body stopped arriving")
         elif kind == _UPSTREAM:
             exchange = self._active
             if exchange is None or exchange.pipe is not None:
                 return
-            upstream = exchange.upstream
-            exchange.upstream = None
-            if upstream is not None:
-                upstream.abandon()
+            exchange.abandon_upstream()
             self._fail_exchange(exchange, 504, TIMEOUT, "the upstream did not answer in time")
 
     @property
@@ -773,10 +764,7 @@ class ProxyProtocol(asyncio.Protocol):
             if pipe is not None:
                 pipe.cancel()
             else:
-                upstream = exchange.upstream
-                exchange.upstream = None
-                if upstream is not None:
-                    upstream.abandon()
+                exchange.abandon_upstream()
                 self._fail_exchange(exchange, 503, SHUTDOWN, "the proxy is shutting down")
         if self._transport is not None and not self._lost:
             self._reset()
