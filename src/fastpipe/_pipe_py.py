@@ -204,10 +204,19 @@ class Pipe:
             return
         self._released = True
         callback = self._on_release
+        producer = self._producer
         self._owner = self._source = self._iterator = None
         self._on_release = None
         self._taps = None
         self._producer = None
+        if self._paused and producer is not None:
+            # The pause was this pipe's: the producer goes back reading (a pooled connection left
+            # paused would never see its next response).
+            self._paused = False
+            try:
+                producer.resume_reading()
+            except Exception as exc:
+                report_callback_error("fastpipe: producer.resume_reading failed on release", exc, self)
         if callback is not None:
             try:
                 callback(self)

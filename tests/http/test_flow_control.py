@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 
 import pytest
@@ -90,3 +91,56 @@ async def test_slow_upstream_pauses_reading_the_request_body(
         await wait_for(lambda: connection._transport.is_reading(), what="reading resumed")
     finally:
         writer.transport.abort()
+
+
+@pytest.mark.both_loops
+async def test_a_body_ending_while_the_client_is_full_leaves_the_pooled_connection_reading(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """The write that carries a body's last bytes can push the client over its high-water mark and so pause
+    the upstream just before the body ends; the connection then goes back to the pool and must read again."""
+    body = os.urandom(8 * 1024 * 1024)  # more than the sockets hold: the rest waits in the proxy's buffer
+    last = os.urandom(64 * 1024)  # one read, sent once that buffer is the only thing left
+
+    def reply(origin: RecordingOrigin, data: bytes) -> None:
+        if origin.data.count(b"\r\n\r\n") == 1:
+            origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(body) + len(last)) + body)
+        else:
+            origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+
+    port, origins = await recording_origin(reply)
+    proxy = await start(port, write_high_water=64 * 1024 * 1024)  # at first, the proxy buffers all of ``body``
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(client, ("127.0.0.1", proxy.port))
+    try:
+        await loop.sock_sendall(client, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        await wait_for(lambda: len(proxy.proxy.connections) == 1, what="the connection")
+        [connection] = list(proxy.proxy.connections)
+        await wait_for(lambda: connection._pipe is not None and connection._pipe.nbytes == len(body), what="the body")
+        buffered = connection._transport.get_write_buffer_size()
+        assert buffered > 0  # the client is full
+        # Now the last bytes cross the high-water mark: the pause lands on the body's final write.
+        connection._transport.set_write_buffer_limits(high=buffered + 1, low=0)
+        origins[0].transport.write(last)
+        await wait_for(lambda: proxy.proxy.pool.idle == 1, what="the connection back in the pool")
+        [pooled] = proxy.proxy.pool._idle
+        assert pooled._transport.is_reading()
+        # And end to end: the next request on that connection is answered.
+        received = bytearray()
+        expected = len(body) + len(last)
+        while not received.endswith(last):
+            assert len(received) < expected + 1024
+            received += await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 5)
+        await loop.sock_sendall(client, b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n")
+        answer = bytearray()
+        while not answer.endswith(b"second"):
+            data = await asyncio.wait_for(loop.sock_recv(client, 4096), 5)
+            assert data, "the proxy closed the connection"
+            answer += data
+    finally:
+        client.close()
+    assert received.split(b"\r\n\r\n", 1)[1] == body + last
+    assert proxy.proxy.pool.open == 1 and len(origins) == 1  # one upstream connection served both

@@ -7,7 +7,7 @@ import logging
 
 import httpx
 import pytest
-from _proxy_support import ProxyUnderTest, StartProxy, wait_for
+from _proxy_support import MakeRecordingOrigin, ProxyUnderTest, StartProxy, wait_for
 
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
 
@@ -109,3 +109,25 @@ async def test_graceful_shutdown(origin_port: int, start: StartProxy) -> None:
     assert proxy.proxy.pool.open == 0
     for writer in (idle_writer, stream_writer, short_writer):
         writer.close()
+
+
+@pytest.mark.both_loops
+async def test_shutdown_completes_when_a_client_left_while_it_was_not_being_read(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """While a pipelined request waits, the proxy does not read the client, so it cannot see the client go.
+    The shutdown's 503 then meets a reset socket; the shutdown must still complete."""
+    port, origins = await recording_origin(lambda origin, data: None)  # never answers
+    proxy = await start(port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+    await wait_for(lambda: len(origins) == 1 and origins[0].data.count(b"\r\n\r\n") == 1, what="the first request")
+    [connection] = list(proxy.proxy.connections)
+    await wait_for(lambda: bool(connection._queue), what="the second request queued")
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.05)
+    assert connection in proxy.proxy.connections  # not read, so not known to be gone
+    await asyncio.wait_for(shutdown_proxy(proxy.server, grace=0.1), 5)
+    assert [record.end for record in proxy.records] == ["shutdown"]
+    assert proxy.proxy.connections == set() and proxy.proxy.pool.open == 0

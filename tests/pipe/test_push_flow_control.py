@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 import uvloop
 
-from ._support import Owner, RecordingProducer, drain, pull
+from ._support import Owner, RecordingProducer, RecordingSink, drain, loop_errors, pull
 
 
 async def test_producer_is_paused_only_above_the_high_water_mark(impl: ModuleType) -> None:
@@ -117,6 +117,83 @@ async def test_flow_control_without_a_producer_only_tracks_the_flag(impl: Module
     pipe.pause_producing()
     assert pipe.paused is True
     pipe.cancel()
+
+
+class _OrderedProducer(RecordingProducer):
+    """Records pause/resume into a log it shares with the pipe's on_release, so the order shows."""
+
+    def __init__(self, log: list[str], *, fail_resume: BaseException | None = None) -> None:
+        super().__init__()
+        self.calls = log
+        self.fail_resume = fail_resume
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        if self.fail_resume is not None:
+            raise self.fail_resume
+
+
+@pytest.mark.parametrize("ending", ["eof", "error", "cancel"])
+async def test_a_pipe_that_ends_while_paused_hands_its_producer_back_reading(impl: ModuleType, ending: str) -> None:
+    # A sink's pause can land on the very write that carries the last chunk (the client's buffer crosses
+    # its high-water mark); a producer left paused after the pipe is gone would never be read again.
+    log: list[str] = []
+    producer = _OrderedProducer(log)
+    sink = RecordingSink()
+    pipe = impl.Pipe.pushed(Owner(), producer=producer, on_release=lambda p: log.append(f"release:{p.state}"))
+    pipe.connect(sink)
+    pipe.feed(b"last")
+    pipe.pause_producing()
+    assert log == ["pause"]
+    if ending == "eof":
+        pipe.feed_eof()
+    elif ending == "error":
+        pipe.feed_error(ConnectionResetError("upstream reset"))
+    else:
+        pipe.cancel()
+    state = {"eof": "closed", "error": "errored", "cancel": "cancelled"}[ending]
+    assert log == ["pause", "resume", f"release:{state}"]  # reading again before on_release pools it
+    assert pipe.paused is False
+    pipe.resume_producing()
+    pipe.pause_producing()
+    assert log == ["pause", "resume", f"release:{state}"]  # a released pipe no longer reaches the producer
+
+
+async def test_a_pulled_pipe_paused_by_its_queue_resumes_the_producer_when_cancelled(impl: ModuleType) -> None:
+    producer = RecordingProducer()
+    pipe = impl.Pipe.pushed(Owner(), producer=producer, high_water=2, low_water=0)
+    pipe.feed(b"123")
+    assert producer.calls == ["pause"]
+    await pipe.aclose()
+    assert producer.calls == ["pause", "resume"]
+    assert pipe.paused is False
+
+
+async def test_an_unpaused_pipe_leaves_its_producer_alone_at_the_end(impl: ModuleType) -> None:
+    producer = RecordingProducer()
+    sink = RecordingSink()
+    pipe = impl.Pipe.pushed(Owner(), producer=producer)
+    pipe.connect(sink)
+    pipe.pause_producing()
+    pipe.resume_producing()
+    pipe.feed_eof()
+    assert producer.calls == ["pause", "resume"]
+
+
+async def test_a_producer_whose_resume_fails_is_reported_and_the_release_still_happens(impl: ModuleType) -> None:
+    failure = RuntimeError("transport is gone")
+    log: list[str] = []
+    pipe = impl.Pipe.pushed(
+        Owner(), producer=_OrderedProducer(log, fail_resume=failure), on_release=lambda p: log.append("release")
+    )
+    pipe.connect(RecordingSink())
+    pipe.pause_producing()
+    with loop_errors() as errors:
+        pipe.feed_eof()
+    assert pipe.state == "closed"
+    assert pipe.owner is None
+    assert log == ["pause", "resume", "release"]
+    assert [context.get("exception") for context in errors] == [failure]
 
 
 class _UpstreamProtocol(asyncio.Protocol):

@@ -669,7 +669,12 @@ class ProxyProtocol(asyncio.Protocol):
         if not transport.can_write_eof():
             self._close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:
+            # The client is gone already (its reset arrived while it was not being read): just close.
+            self._close()
+            return
         transport.resume_reading()
         self._lingering = True
         self.deadline = _now() + LINGER_SECONDS
