@@ -53,6 +53,9 @@ def _proxy_parser(subparsers: Any) -> None:
         limits.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), metavar="N")
     limits.add_argument("--max-body-size", type=_optional_size, default=defaults.max_body_size, metavar="BYTES")
     limits.add_argument("--rewrite-host", action="store_true", help="send the upstream's host:port as Host")
+    limits.add_argument(
+        "--abort-on-client-eof", action="store_true", help="a client's FIN mid-response ends the exchange (as nginx)"
+    )
     limits.add_argument("--copy-bodies", action="store_true", help="forward parser copies instead of socket bytes")
 
 
@@ -69,6 +72,7 @@ def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
         "write_high_water": args.write_high_water,
         "write_low_water": args.write_low_water,
         "rewrite_host": args.rewrite_host,
+        "abort_on_client_eof": args.abort_on_client_eof,
         "zero_copy": not args.copy_bodies,
     }
 

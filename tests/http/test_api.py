@@ -29,6 +29,7 @@ def test_limits_have_documented_defaults() -> None:
         ({"max_body_size": -5}, ValueError),
         ({"pool_size": 1.5}, ValueError),
         ({"write_high_water": 10, "write_low_water": 20}, ValueError),
+        ({"abort_on_client_eof": "yes"}, ValueError),
         ({"max_headers_size": 10}, TypeError),  # a misspelt name is not silently ignored
     ],
 )

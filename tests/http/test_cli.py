@@ -93,6 +93,26 @@ async def test_cli_stock_loop_flag(origin_url: str, cli_processes: list[Cli]) ->
         assert (await client.get("/bytes?n=10")).status_code == 200
 
 
+async def test_cli_limit_flags_reach_the_proxy(origin_url: str, cli_processes: list[Cli]) -> None:
+    """--abort-on-client-eof: a client leaving a silent stream ends it at once, which the access log shows
+    (without the flag the stream would still be in flight at SIGTERM and end as a shutdown)."""
+    cli = await _launch("--upstream", origin_url, "--access-log", "--abort-on-client-eof", "--shutdown-grace", "0.5")
+    cli_processes.append(cli)
+    reader, writer = await asyncio.open_connection("127.0.0.1", cli.port)
+    writer.write(b"GET /tokens?n=3&delay=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"data: "), 10)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.5)
+    cli.process.send_signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    assert await asyncio.wait_for(loop.run_in_executor(None, cli.process.wait), 15) == 0
+    assert cli.process.stderr is not None
+    log = cli.process.stderr.read()
+    assert b'"GET /tokens?n=3&delay=30" 200' in log
+    assert b"end=client gone" in log
+
+
 def test_cli_rejects_a_bad_upstream() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fastpipe", "proxy", "--upstream", "https://example.test", "--listen", "127.0.0.1:0"],

@@ -179,6 +179,44 @@ async def test_client_half_close_still_gets_its_responses(proxied: ProxyUnderTes
     assert len(responses) == 2 and responses[1].complete and responses[1].body.count(b"data: ") == 3
 
 
+@pytest.mark.both_loops
+async def test_abort_on_client_eof_frees_the_upstream_of_a_silent_stream(origin_port: int, start: StartProxy) -> None:
+    """A client that closes between two SSE events: by default found out only at the next event (30 s
+    away here); with abort_on_client_eof the exchange ends and the upstream connection closes at once."""
+    proxy = await start(origin_port, abort_on_client_eof=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /tokens?n=3&delay=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"data: "), 5)
+    assert proxy.proxy.pool.open == 1
+    loop = asyncio.get_running_loop()
+    left_at = loop.time()
+    writer.close()
+    await writer.wait_closed()
+    [record] = await proxy.wait_records(1, timeout=5)
+    assert record.end == "client gone"
+    await wait_for(lambda: proxy.proxy.pool.open == 0, what="the upstream connection closed")
+    assert loop.time() - left_at < 1.0
+
+
+@pytest.mark.both_loops
+async def test_abort_on_client_eof_cuts_a_half_closed_client_visibly(origin_port: int, start: StartProxy) -> None:
+    proxy = await start(origin_port, abort_on_client_eof=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"GET /tokens?n=3&delay=0.2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"data: "), 5)
+        writer.write_eof()
+        try:
+            rest = await asyncio.wait_for(reader.read(-1), 5)
+        except ConnectionResetError:
+            rest = b""
+    finally:
+        writer.close()
+    assert not (head + rest).endswith(b"0\r\n\r\n")  # never a clean end
+    [record] = await proxy.wait_records(1)
+    assert record.end == "client gone"
+
+
 async def test_upstream_answering_before_the_upload_ends(
     start: StartProxy, recording_origin: MakeRecordingOrigin
 ) -> None:

@@ -40,6 +40,12 @@ class Limits:
     ``rewrite_host`` (default False)
         send the upstream's own ``host:port`` as Host instead of the client's (which goes to
         X-Forwarded-Host either way).
+    ``abort_on_client_eof`` (default False)
+        what a client's FIN means while a response is in flight. TCP cannot tell a half-close from a full
+        close, so by default the client is taken to have half-closed: it still gets the responses to the
+        requests it completed, and a client that in fact left is found out at the response's next write.
+        True treats the FIN as the client gone (as nginx does): the exchange ends at once with a reset and
+        the upstream connection is closed, so a silent stream (SSE between events) frees its upstream.
     ``zero_copy`` (default True)
         forward the bytes objects the upstream socket delivered where framing is unchanged; False forwards
         the parser's body copies instead (kept to measure the difference).
@@ -56,6 +62,7 @@ class Limits:
     write_low_water: int = 64 * 1024
     shutdown_grace: float = 10.0
     rewrite_host: bool = False
+    abort_on_client_eof: bool = False
     zero_copy: bool = True
 
     def __post_init__(self) -> None:
@@ -63,6 +70,9 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        for name in ("rewrite_host", "abort_on_client_eof", "zero_copy"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("max_header_size", "write_high_water"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("pool_size", self.pool_size, minimum=0)

@@ -185,10 +185,14 @@ class ProxyProtocol(asyncio.Protocol):
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: answer the requests it completed, then close (None closes at once;
-        so does a request cut short, which the upstream must not wait on)."""
+        """The client sent FIN: taken as a half-close, answer the requests it completed, then close (None
+        closes at once; so does a request cut short, which the upstream must not wait on). With
+        ``abort_on_client_eof`` the client is gone: reset, and connection_lost ends the exchange."""
         self._blocked |= _STOPPED
         if self._lingering or not self.busy or self._parsing is not None:
+            return None
+        if self._limits.abort_on_client_eof:
+            self._reset()
             return None
         return True
 
