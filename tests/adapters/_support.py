@@ -246,19 +246,6 @@ def free_socket() -> socket.socket:
     return sock
 
 
-@contextlib.contextmanager
-def loop_errors() -> Any:
-    """Collect what reaches the running loop's exception handler while the block runs."""
-    loop = asyncio.get_running_loop()
-    contexts: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
-    try:
-        yield contexts
-    finally:
-        loop.set_exception_handler(previous)
-
-
 async def settle(rounds: int = 20) -> None:
     """Let ready callbacks run: a bounded number of loop iterations."""
     for _ in range(rounds):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -149,6 +150,26 @@ class ProxyUnderTest:
                 raise AssertionError(f"only {len(self.records)} of {count} exchanges ended: {self.records}")
             await asyncio.sleep(0.01)
         return self.records
+
+    async def only_connection(self) -> Any:
+        """The proxy's one client connection (its ProxyProtocol), once it is there (bounded wait)."""
+        await wait_for(lambda: len(self.proxy.connections) == 1, what="one client connection")
+        [connection] = self.proxy.connections
+        return connection
+
+
+async def small_window_client(port: int, receive_buffer: int) -> socket.socket:
+    """A non-blocking socket connected to ``port`` whose receive buffer is ``receive_buffer`` bytes, so
+    that a client that reads slowly (or not at all) fills quickly and the proxy meets backpressure."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    client.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 StartProxy = Callable[..., Awaitable[ProxyUnderTest]]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 
 import pytest
-from _proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, wait_for
+from _proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, small_window_client, wait_for
 
 from fastpipe.http.origin import payload_sha256
 
@@ -20,16 +19,12 @@ READ_SIZE = 256 * 1024  # the most one read of the event loop can bring in
 async def test_slow_reader_pauses_the_upstream_and_still_gets_every_byte(origin_port: int, start: StartProxy) -> None:
     size = 8 * 1024 * 1024
     proxy = await start(origin_port, write_high_water=HIGH, write_low_water=HIGH // 4)
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.setblocking(False)
+    client = await small_window_client(proxy.port, 64 * 1024)
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(client, ("127.0.0.1", proxy.port))
     try:
         request = b"GET /bytes?n=%d&seed=9 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % size
         await loop.sock_sendall(client, request)
-        await wait_for(lambda: len(proxy.proxy.connections) == 1, what="the connection")
-        [connection] = list(proxy.proxy.connections)
+        connection = await proxy.only_connection()
         await wait_for(lambda: connection._pipe is not None and connection._pipe.paused, what="the Pipe paused")
         # While parked: the proxy holds at most its high-water mark plus one read.
         for _ in range(5):
@@ -81,8 +76,7 @@ async def test_slow_upstream_pauses_reading_the_request_body(
             except asyncio.TimeoutError:
                 break  # the client is blocked: backpressure went all the way back
         assert sent < total // 2  # far from all of it got anywhere
-        await wait_for(lambda: len(proxy.proxy.connections) == 1, what="the connection")
-        [connection] = list(proxy.proxy.connections)
+        connection = await proxy.only_connection()
         assert not connection._transport.is_reading()
         [upstream] = list(proxy.proxy.pool._all)
         assert upstream._transport.get_write_buffer_size() <= HIGH + READ_SIZE
@@ -110,15 +104,11 @@ async def test_a_body_ending_while_the_client_is_full_leaves_the_pooled_connecti
 
     port, origins = await recording_origin(reply)
     proxy = await start(port, write_high_water=64 * 1024 * 1024)  # at first, the proxy buffers all of ``body``
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    client.setblocking(False)
+    client = await small_window_client(proxy.port, 16 * 1024)
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(client, ("127.0.0.1", proxy.port))
     try:
         await loop.sock_sendall(client, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
-        await wait_for(lambda: len(proxy.proxy.connections) == 1, what="the connection")
-        [connection] = list(proxy.proxy.connections)
+        connection = await proxy.only_connection()
         await wait_for(lambda: connection._pipe is not None and connection._pipe.nbytes == len(body), what="the body")
         buffered = connection._transport.get_write_buffer_size()
         assert buffered > 0  # the client is full

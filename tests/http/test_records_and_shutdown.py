@@ -122,7 +122,7 @@ async def test_shutdown_completes_when_a_client_left_while_it_was_not_being_read
     _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
     await wait_for(lambda: len(origins) == 1 and origins[0].data.count(b"\r\n\r\n") == 1, what="the first request")
-    [connection] = list(proxy.proxy.connections)
+    connection = await proxy.only_connection()
     await wait_for(lambda: bool(connection._queue), what="the second request queued")
     writer.close()
     await writer.wait_closed()

@@ -14,6 +14,7 @@ from _proxy_support import (
     StartProxy,
     parse_responses,
     raw_exchange,
+    small_window_client,
     wait_for,
 )
 
@@ -154,13 +155,10 @@ async def test_writer_parked_on_backpressure_fails_cleanly_when_the_client_vanis
 ) -> None:
     """The client stops reading (the proxy parks on backpressure), then resets: nothing may hang."""
     proxy = await start(origin_port, write_high_water=64 * 1024, write_low_water=16 * 1024)
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    client.setblocking(False)
+    client = await small_window_client(proxy.port, 32 * 1024)
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(client, ("127.0.0.1", proxy.port))
     await loop.sock_sendall(client, b"GET /bytes?n=100000000 HTTP/1.1\r\nHost: t\r\n\r\n")
-    [connection] = await _single_connection(proxy)
+    connection = await proxy.only_connection()
     await wait_for(lambda: connection._pipe is not None and connection._pipe.paused, what="the Pipe paused")
     buffered = connection._transport.get_write_buffer_size()
     assert buffered <= 64 * 1024 + 256 * 1024  # high water plus at most one upstream read
@@ -172,11 +170,6 @@ async def test_writer_parked_on_backpressure_fails_cleanly_when_the_client_vanis
     assert 0 < record.response_bytes < 100_000_000
     await wait_for(lambda: proxy.proxy.pool.open == 0, timeout=1.0, what="upstream connection closed")
     assert not proxy.proxy.connections
-
-
-async def _single_connection(proxy: ProxyUnderTest) -> list[object]:
-    await wait_for(lambda: len(proxy.proxy.connections) == 1, what="one client connection")
-    return list(proxy.proxy.connections)
 
 
 async def test_upstream_timeout_runs_from_the_end_of_a_slow_upload(
@@ -205,12 +198,9 @@ async def test_upstream_timeout_runs_from_the_end_of_a_slow_upload(
 
 async def test_client_that_stops_reading_is_cut_after_the_idle_timeout(origin_port: int, start: StartProxy) -> None:
     proxy = await start(origin_port, idle_timeout=0.4, write_high_water=64 * 1024, write_low_water=16 * 1024)
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    client.setblocking(False)
+    client = await small_window_client(proxy.port, 32 * 1024)
     loop = asyncio.get_running_loop()
     try:
-        await loop.sock_connect(client, ("127.0.0.1", proxy.port))
         await loop.sock_sendall(client, b"GET /bytes?n=100000000 HTTP/1.1\r\nHost: t\r\n\r\n")
         [record] = await proxy.wait_records(1, timeout=5)  # never reads: parked, then cut
     finally:
