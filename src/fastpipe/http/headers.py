@@ -11,6 +11,7 @@ from typing import Final
 
 __all__ = (
     "HOP_BY_HOP",
+    "PROTECTED_FROM_CONNECTION",
     "REQUEST_KINDS",
     "RESPONSE_KINDS",
     "connection_tokens",
@@ -55,15 +56,43 @@ RESPONSE_KINDS: Final = dict(_COMMON)
 # Connection options the parser already acts on; anything else names a header to drop.
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
+# Fields meant for every recipient, which Connection must never name (RFC 9110 §7.6.1): dropping them as
+# hop-by-hop would strip a message's framing, its Host, or the forwarding headers the proxy sets, while
+# the proxy still relays the body by its own count. A message naming one is refused, never "repaired".
+PROTECTED_FROM_CONNECTION: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+
+
+class ConnectionNamesProtected(ValueError):
+    """A Connection header named a field that must reach the next hop."""
+
 
 def connection_tokens(value: bytes) -> list[bytes]:
-    """Header names a Connection value lists besides its own options (lower-cased)."""
+    """Header names a Connection value lists besides its own options (lower-cased).
+
+    Raises :class:`ConnectionNamesProtected` for a name in :data:`PROTECTED_FROM_CONNECTION`.
+    """
     names = []
     for token in value.split(b","):
         token = token.strip().lower()
         if token and token not in _CONNECTION_OPTIONS:
+            if token in PROTECTED_FROM_CONNECTION:
+                shown = token.decode("latin-1")
+                raise ConnectionNamesProtected(f"Connection names {shown}, which must reach the next hop")
             names.append(token)
     return names
+
+
+def without_names(parts: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Header parts (``parts[0]`` the start line, then name, ": ", value, CRLF per header) less the named
+    headers (lower-cased names); used for the headers a Connection header lists, in both directions."""
+    dropped = set(names)
+    kept = [parts[0]]
+    for index in range(1, len(parts), 4):
+        if parts[index].lower() not in dropped:
+            kept += parts[index : index + 4]
+    return kept
 
 
 def _reason(code: int) -> bytes:

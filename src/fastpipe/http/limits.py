@@ -27,6 +27,12 @@ class Limits:
         a client that stops reading a response (the exchange is cut with a reset).
     ``max_header_size`` (default 65536)
         bytes in a request head (request line and headers); over it → 431. Upstream heads over it → 502.
+    ``max_header_count`` (default 100)
+        header fields in a request head; over it → 431 (as HAProxy's and Envoy's default caps).
+    ``underscores_in_headers`` (default False)
+        request headers whose names contain ``_`` are dropped, because CGI/WSGI back ends read
+        ``X_Forwarded_Proto`` as ``X-Forwarded-Proto`` (nginx's default, ``underscores_in_headers off``).
+        True forwards them, except those that would fold onto a header the proxy reads or sets.
     ``max_body_size`` (default None: no limit)
         bytes in a request body; over it → 413.
     ``pool_size`` (default 64)
@@ -56,6 +62,7 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 75.0
     max_header_size: int = 65536
+    max_header_count: int = 100
     max_body_size: int | None = None
     pool_size: int = 64
     write_high_water: int = 256 * 1024
@@ -63,6 +70,7 @@ class Limits:
     shutdown_grace: float = 10.0
     rewrite_host: bool = False
     abort_on_client_eof: bool = False
+    underscores_in_headers: bool = False
     zero_copy: bool = True
 
     def __post_init__(self) -> None:
@@ -70,10 +78,10 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name in ("rewrite_host", "abort_on_client_eof", "zero_copy"):
+        for name in ("rewrite_host", "abort_on_client_eof", "underscores_in_headers", "zero_copy"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("max_header_size", "write_high_water"):
+        for name in ("max_header_size", "max_header_count", "write_high_water"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("pool_size", self.pool_size, minimum=0)
         _require_int("write_low_water", self.write_low_water, minimum=0)

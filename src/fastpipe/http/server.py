@@ -40,14 +40,16 @@ _BUFFERED = 2  # request body piles up while no upstream connection is ready
 _UPSTREAM_FULL = 4  # the upstream's write buffer is over its high-water mark
 _STOPPED = 8  # nothing more will be read (Connection: close, rejected, closing)
 
-# What the connection's deadline is for.
+# What the connection's stage deadline is for (one at a time; the send deadline runs beside it).
 _NO_DEADLINE = 0
 _HEADER = 1  # a request head must complete
 _IDLE = 2  # a keep-alive connection waits for its next request
 _UPSTREAM = 3  # the upstream must send its response head
 _LINGER = 4  # after an error response, input is discarded for a moment before the close
 _BODY = 5  # the request body must keep arriving (idle_timeout between reads)
-_SEND = 6  # a client that stopped reading must read again (idle_timeout while parked)
+
+# Methods a request may be sent again with after a connection failed under it (RFC 9110 §9.2.2).
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 LINGER_SECONDS = 1.0
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends a reset
@@ -85,6 +87,7 @@ class ProxyProtocol(asyncio.Protocol):
         "_head_began",
         "_head_bytes",
         "_head_size",
+        "_header_count",
         "_in_head",
         "_limits",
         "_lingering",
@@ -100,6 +103,9 @@ class ProxyProtocol(asyncio.Protocol):
         "_pipe",
         "_proxy",
         "_queue",
+        "_send_deadline",
+        "_stage_deadline",
+        "_timeouts",
         "_transport",
         "_write_paused",
         "deadline",
@@ -130,8 +136,21 @@ class ProxyProtocol(asyncio.Protocol):
         self._lingering = False
         self._head_bytes = 0
         self._head_size = 0
-        self.deadline = 0.0
+        self._header_count = 0
+        limits = self._limits
+        # seconds per deadline kind, indexed by kind
+        self._timeouts = (
+            0.0,
+            limits.header_timeout,
+            limits.idle_timeout,
+            limits.upstream_timeout,
+            LINGER_SECONDS,
+            limits.idle_timeout,
+        )
+        self.deadline = 0.0  # what the sweep reads: the earlier of the two below
+        self._stage_deadline = 0.0
         self._deadline_kind = _NO_DEADLINE
+        self._send_deadline = 0.0  # armed while the client is not taking what is written to it
 
     @classmethod
     def factory(
@@ -163,15 +182,15 @@ class ProxyProtocol(asyncio.Protocol):
         self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
         self._peer_bytes = self._peer.encode("ascii", "replace")
         self._forwarded = b"X-Forwarded-For: " + self._peer_bytes + b"\r\nX-Forwarded-Proto: http\r\n"
-        self.deadline = _now() + limits.header_timeout
-        self._deadline_kind = _HEADER
+        self._arm(_HEADER)
         self._proxy.register(self)
         if self._proxy.draining:
             self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.deadline = 0.0
+        self._deadline_kind = _NO_DEADLINE
+        self.deadline = self._stage_deadline = self._send_deadline = 0.0
         self._proxy.unregister(self)
         self._queue = None
         self._parsing = None
@@ -198,19 +217,33 @@ class ProxyProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._arm_send()  # a client that never reads again is cut, whatever else is pending
         pipe = self._pipe
         if pipe is not None:
             pipe.pause_producing()
-            if self._deadline_kind == _NO_DEADLINE:
-                self._arm(_SEND, self._limits.idle_timeout)  # a client that never reads again is cut
+            return
+        exchange = self._active
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.pause_reading()  # interim responses pile up: stop reading them
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._deadline_kind == _SEND:
-            self._arm(_NO_DEADLINE, 0.0)
+        self._send_deadline = 0.0
+        self._sync_deadline()
         pipe = self._pipe
         if pipe is not None:
             pipe.resume_producing()
+            return
+        exchange = self._active
+        if exchange is not None:
+            if exchange.upstream is not None:
+                exchange.upstream.resume_reading()
+        elif self._queue and not self._lost:
+            # A pipelined request waited for the client to take the previous response.
+            if self._proxy.draining:
+                self._close()
+            else:
+                self._start_queued()
 
     def data_received(self, data: bytes) -> None:
         if self._blocked & _STOPPED:
@@ -251,9 +284,9 @@ class ProxyProtocol(asyncio.Protocol):
         self._head_began = True
         self._head_bytes = 0
         self._head_size = 0
+        self._header_count = 0
         if self._active is None:
-            self.deadline = now + self._limits.header_timeout
-            self._deadline_kind = _HEADER
+            self._arm(_HEADER, now)
 
     def on_url(self, url: bytes) -> None:
         exchange = self._parsing
@@ -266,7 +299,13 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange.parts is None:
             return  # a trailer field of a chunked body: the head is gone already, trailers are dropped
         self._head_size += len(name) + len(value) + 4
-        kind = h.REQUEST_KINDS.get(name.lower())
+        self._header_count += 1
+        if self._header_count > self._limits.max_header_count:
+            raise _Reject(431, f"more than {self._limits.max_header_count} request header fields")
+        lowered = name.lower()
+        if b"_" in lowered and self._drop_underscored(lowered):
+            return
+        kind = h.REQUEST_KINDS.get(lowered)
         if kind is None:
             exchange.parts += (name, b": ", value, b"\r\n")
         elif kind == h.HOST:
@@ -285,12 +324,24 @@ class ProxyProtocol(asyncio.Protocol):
             te = exchange.transfer_encoding
             exchange.transfer_encoding = value if te is None else te + b"," + value
         elif kind == h.CONNECTION:
-            names = h.connection_tokens(value)
+            try:
+                names = h.connection_tokens(value)
+            except h.ConnectionNamesProtected as exc:
+                raise _Reject(400, str(exc)) from None
             if names:
                 exchange.connection_names = (exchange.connection_names or []) + names
         elif kind == h.UPGRADE:
             exchange.upgrade = True
         # DROP and X_FORWARDED_SET: not forwarded
+
+    def _drop_underscored(self, lowered: bytes) -> bool:
+        """Whether a request header whose name has an underscore is dropped. CGI and WSGI fold ``_`` and
+        ``-`` together, so ``X_Forwarded_Proto`` would pass for the header the proxy sets: by default every
+        such name is dropped (as nginx's ``underscores_in_headers off``); with ``underscores_in_headers``
+        only those that fold onto a header the proxy reads or sets."""
+        if not self._limits.underscores_in_headers:
+            return True
+        return lowered.replace(b"_", b"-") in h.REQUEST_KINDS
 
     def on_headers_complete(self) -> None:
         exchange = self._parsing
@@ -333,7 +384,7 @@ class ProxyProtocol(asyncio.Protocol):
         if self._active is None:
             self._start(exchange)
             if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
-                self._arm(_BODY, self._limits.idle_timeout)
+                self._arm(_BODY)
         else:
             if self._queue is None:
                 self._queue = deque()
@@ -351,7 +402,7 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange.chunked:
             body = b"%x\r\n" % size + body + b"\r\n"
         if self._deadline_kind == _BODY:
-            self.deadline = _now() + self._limits.idle_timeout
+            self._arm(_BODY)
         self._send_body(exchange, body)
 
     def on_message_complete(self) -> None:
@@ -384,7 +435,11 @@ class ProxyProtocol(asyncio.Protocol):
             raise _Reject(400, "malformed request target") from None
         if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
             raise _Reject(400, "the request target must be a path or an http URL")
-        host = url.host if url.port is None else url.host + b":%d" % url.port
+        host = url.host
+        if b":" in host:
+            host = b"[" + host + b"]"  # an IPv6 literal keeps its brackets in Host (RFC 3986 §3.2.2)
+        if url.port is not None:
+            host += b":%d" % url.port
         exchange.target = (url.path or b"/") + (b"?" + url.query if url.query is not None else b"")
         exchange.authority = host
         exchange.host = host
@@ -396,12 +451,7 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.parts = None
         parts[0] = method + b" " + exchange.target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n")
         if exchange.connection_names is not None:
-            dropped = set(exchange.connection_names)
-            kept = [parts[0]]
-            for index in range(1, len(parts), 4):
-                if parts[index].lower() not in dropped:
-                    kept += parts[index : index + 4]
-            parts = kept
+            parts = h.without_names(parts, exchange.connection_names)
         host = exchange.host
         if host is None or self._limits.rewrite_host:
             parts.append(self._proxy.host_line)
@@ -443,8 +493,7 @@ class ProxyProtocol(asyncio.Protocol):
         self._active = exchange
         connection = self._proxy.pool.acquire()
         if connection is None:
-            self.deadline = 0.0  # the connect timeout covers this stage
-            self._deadline_kind = _NO_DEADLINE
+            self._arm(_NO_DEADLINE)  # the connect timeout covers this stage
             self._proxy.pool.connect_for(exchange)
             return
         self._await_head(exchange)
@@ -454,15 +503,28 @@ class ProxyProtocol(asyncio.Protocol):
         """Arm the upstream timeout, which runs from the end of the request (a long upload is not slow
         to answer) to the response head; while the body still streams, the body timeout runs instead."""
         if not exchange.request_done:
-            self._arm(_BODY, self._limits.idle_timeout)
+            self._arm(_BODY)
         elif exchange.pipe is None:
-            self._arm(_UPSTREAM, self._limits.upstream_timeout)
+            self._arm(_UPSTREAM)
         else:
-            self._arm(_NO_DEADLINE, 0.0)
+            self._arm(_NO_DEADLINE)
 
-    def _arm(self, kind: int, seconds: float) -> None:
+    def _arm(self, kind: int, now: float = 0.0) -> None:
+        """Set the stage deadline: ``kind``'s timeout from ``now`` (none for _NO_DEADLINE)."""
         self._deadline_kind = kind
-        self.deadline = _now() + seconds if kind != _NO_DEADLINE else 0.0
+        self._stage_deadline = (now or _now()) + self._timeouts[kind] if kind != _NO_DEADLINE else 0.0
+        self._sync_deadline()
+
+    def _arm_send(self) -> None:
+        """Start the send deadline unless it runs already: idle_timeout for the client to read again."""
+        if not self._send_deadline and not self._lost:
+            self._send_deadline = _now() + self._limits.idle_timeout
+            self._sync_deadline()
+
+    def _sync_deadline(self) -> None:
+        stage = self._stage_deadline
+        send = self._send_deadline
+        self.deadline = send if send and (not stage or send < stage) else stage
 
     # -- called by the upstream side -------------------------------------------------------------------
 
@@ -484,11 +546,12 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange is not self._active or self._lost:
             return
         bodyless = exchange.content_length <= 0 and not exchange.chunked and exchange.request_done
-        if connection.reused and not connection.got_bytes and bodyless and not exchange.retried:
-            # A pooled connection the upstream had just closed: the request never reached it.
+        retryable = bodyless and exchange.method in _IDEMPOTENT and not exchange.retried
+        if connection.reused and not connection.got_bytes and retryable:
+            # A pooled connection the upstream had just closed: the request most likely never reached
+            # it, but it may have, so only a method that may run twice is sent again (RFC 9110 §9.2.2).
             exchange.retried = True
-            self.deadline = 0.0
-            self._deadline_kind = _NO_DEADLINE
+            self._arm(_NO_DEADLINE)
             self._proxy.pool.connect_for(exchange)
             return
         self._fail_exchange(exchange, 502, UPSTREAM_ERROR, "the upstream closed the connection without responding")
@@ -520,7 +583,7 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.status = exchange.upstream_status
         exchange.first_byte = _now()
         if self._deadline_kind == _UPSTREAM:
-            self._arm(_NO_DEADLINE, 0.0)
+            self._arm(_NO_DEADLINE)
         self._pending_head = b"".join(parts)
         self._pipe = pipe
         if self._write_paused:
@@ -598,22 +661,26 @@ class ProxyProtocol(asyncio.Protocol):
         if deferred is not None:
             self._send_error(*deferred)
             return
-        queue = self._queue
-        if queue:
-            following = queue.popleft()
-            if not queue:
-                self._unblock(_QUEUED)
-            self._start(following)
+        if self._queue:
+            if self._write_paused:
+                # The client has not taken this response yet: the next one waits (resume_writing starts
+                # it), so a client that pipelines and never reads holds no more than the write marks.
+                self._arm(_NO_DEADLINE)
+                return
+            self._start_queued()
             return
         if self._blocked & _STOPPED:
             self._close()  # the client half-closed: nothing more can come
             return
-        if self._in_head:
-            self.deadline = now + self._limits.header_timeout
-            self._deadline_kind = _HEADER
-        else:
-            self.deadline = now + self._limits.idle_timeout
-            self._deadline_kind = _IDLE
+        self._arm(_HEADER if self._in_head else _IDLE)
+
+    def _start_queued(self) -> None:
+        queue = self._queue
+        assert queue
+        following = queue.popleft()
+        if not queue:
+            self._unblock(_QUEUED)
+        self._start(following)
 
     def _fail_exchange(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
         """End an exchange that has no response yet with the proxy's own ``status``."""
@@ -681,17 +748,21 @@ class ProxyProtocol(asyncio.Protocol):
             return
         transport.resume_reading()
         self._lingering = True
-        self.deadline = _now() + LINGER_SECONDS
-        self._deadline_kind = _LINGER
+        self._arm(_LINGER)
+        if transport.get_write_buffer_size():
+            self._arm_send()
 
     def _close(self) -> None:
         self._blocked |= _STOPPED
         if self._lingering:
             return  # the linger deadline (or the client's own close) ends the connection
-        self.deadline = 0.0
+        self._arm(_NO_DEADLINE)
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()
+            if transport.get_write_buffer_size():
+                # close() waits for the output to go out: bound that wait like any other send.
+                self._arm_send()
 
     def _reset(self) -> None:
         """Close with a reset (SO_LINGER 0), never a FIN that a client could take for a clean end."""
@@ -718,8 +789,33 @@ class ProxyProtocol(asyncio.Protocol):
     # -- deadlines and shutdown (called by the Proxy) --------------------------------------------------
 
     def deadline_expired(self, now: float) -> None:
-        kind = self._deadline_kind
-        self._deadline_kind = _NO_DEADLINE
+        send = self._send_deadline
+        if send and send <= now:
+            self._send_deadline = 0.0
+            self._send_expired()
+        elif 0.0 < self._stage_deadline <= now:
+            kind = self._deadline_kind
+            self._deadline_kind = _NO_DEADLINE
+            self._stage_deadline = 0.0
+            self._stage_expired(kind)
+        if not self._lost:
+            self._sync_deadline()  # the sweep cleared ``deadline``; the other one may still run
+
+    def _send_expired(self) -> None:
+        """The client took nothing for idle_timeout: reset (a graceful close would wait on it forever)."""
+        transport = self._transport
+        if not self._write_paused and not transport.is_closing():
+            return  # it read again meanwhile
+        exchange = self._active
+        if exchange is not None:
+            exchange.end_reason = TIMEOUT
+            pipe = self._pipe
+            if pipe is not None:
+                pipe.cancel()  # releases the upstream; end() resets the client
+                return
+        self._reset()  # connection_lost ends an exchange still waiting for its response head
+
+    def _stage_expired(self, kind: int) -> None:
         if kind == _HEADER:
             if self._in_head:
                 self._reject(408, "request head not received in time")
@@ -728,14 +824,8 @@ class ProxyProtocol(asyncio.Protocol):
         elif kind == _IDLE:
             self._close()
         elif kind == _LINGER:
-            self._transport.close()
-        elif kind == _SEND:
-            exchange = self._active
-            pipe = self._pipe
-            if exchange is None or pipe is None or not self._write_paused:
-                return
-            exchange.end_reason = TIMEOUT
-            pipe.cancel()  # releases the upstream; end() resets the client
+            self._lingering = False
+            self._close()
         elif kind == _BODY:
             exchange = self._active
             if exchange is None or exchange.request_done:

@@ -14,6 +14,7 @@ sides wanted keep-alive and nothing else arrived; otherwise it is closed.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import urlsplit
@@ -93,12 +94,14 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to the upstream; serves one exchange at a time."""
 
     __slots__ = (
+        "_body_unwanted",
         "_content_length",
         "_desync",
         "_drop_names",
         "_exchange",
         "_head_buf",
         "_interim",
+        "_interim_bytes",
         "_keep_alive",
         "_message_done",
         "_mode",
@@ -109,6 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_remaining",
         "_reusable",
         "_scan",
+        "_spare_fd",
         "_transfer_encoding",
         "_transport",
         "_write_paused",
@@ -130,11 +134,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._transfer_encoding: bytes | None = None
         self._drop_names: list[bytes] | None = None
         self._interim = False
+        self._interim_bytes = 0
         self._message_done = False
         self._desync = False
         self._keep_alive = False
         self._remaining = 0
         self._reusable = False
+        self._body_unwanted = False  # the upstream answered and will close: stop sending the request body
+        self._spare_fd = -1  # a duplicate of the socket while a request body is written (see _salvage)
         self._write_paused = False
         self._released_callback = self._body_released
         self.closed = False
@@ -154,6 +161,11 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool.forget(self)
+        if self._spare_fd >= 0:
+            if exc is not None and self._exchange is not None:
+                self._salvage()
+            else:
+                self._drop_spare()
         exchange = self._exchange
         if exchange is None:
             return
@@ -215,10 +227,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._mode = HEAD
         self._head_buf = b""
         self._scan = 0
+        self._interim_bytes = 0
         self._message_done = False
         self._desync = False
         self._reusable = False
+        self._body_unwanted = False
         self.got_bytes = False
+        if exchange.content_length > 0 or exchange.chunked:
+            self._keep_spare()
         pending = exchange.body_pending
         if pending:
             exchange.body_pending = None
@@ -234,8 +250,53 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, piece: bytes) -> None:
         """One piece of request body, already framed for this hop; dropped once the connection is
         closed (the upstream answered early, or the exchange gave up on it)."""
-        if not self.closed:
+        if not self.closed and not self._body_unwanted:
             self._transport.write(piece)
+
+    def _keep_spare(self) -> None:
+        """Duplicate the socket before writing a request body. An upstream that answers early (413, 401)
+        and closes without reading the body makes a later body write fail; the loop then drops the
+        transport without reading what the upstream had answered. The duplicate lets ``_salvage`` read
+        that answer from the receive buffer, so the client gets it instead of a 502."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and self._spare_fd < 0:
+            try:
+                self._spare_fd = os.dup(sock.fileno())
+            except OSError:
+                self._spare_fd = -1
+
+    def _drop_spare(self) -> None:
+        fd = self._spare_fd
+        if fd >= 0:
+            self._spare_fd = -1
+            os.close(fd)
+
+    def _salvage(self) -> None:
+        """The transport died while a request body was written: parse what is left in the receive buffer."""
+        fd = self._spare_fd
+        self._spare_fd = -1
+        try:
+            for _ in range(64):  # the buffer holds a few hundred KiB at most; a bound all the same
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # would block, or the reset that ended it: nothing more
+                    return
+                if not data:
+                    return
+                self.data_received(data)
+                if self._exchange is None:
+                    return
+        finally:
+            os.close(fd)
+
+    def pause_reading(self) -> None:
+        """The client is not taking the interim responses relayed to it: stop reading more of them."""
+        if not self.closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self._transport.resume_reading()
 
     def abandon(self) -> None:
         """The exchange gave up on this connection (client gone, timeout): close it, report nothing."""
@@ -244,6 +305,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._mode = HEAD  # whatever still arrives finds no exchange and is dropped
+        self._drop_spare()
         if not self.closed:
             self.closed = True
             self._pool.forget(self)
@@ -273,7 +335,10 @@ class UpstreamConnection(asyncio.Protocol):
             te = self._transfer_encoding
             self._transfer_encoding = value if te is None else te + b"," + value
         elif kind == h.CONNECTION:
-            names = h.connection_tokens(value)
+            try:
+                names = h.connection_tokens(value)
+            except h.ConnectionNamesProtected as exc:
+                raise _BadResponse(f"upstream response: {exc}") from None
             if names:
                 self._drop_names = names if self._drop_names is None else self._drop_names + names
 
@@ -282,22 +347,32 @@ class UpstreamConnection(asyncio.Protocol):
         status: int = parser.get_status_code()
         exchange = self._exchange
         assert exchange is not None
+        if not 100 <= status <= 599:
+            raise _BadResponse(f"upstream status {status} is outside 100-599")
         end = self._head_buf.find(b"\r\n\r\n", self._scan)
         if end < 0:  # llhttp insists on CRLF, so this cannot happen; never guess a boundary
             raise _BadResponse("response head without CRLF CRLF")
-        self._scan = end + 4
         parts = self._parts
         if self._drop_names is not None:
-            parts = _without(parts, self._drop_names)
+            parts = h.without_names(parts, self._drop_names)
         if status < 200:
             if status == 101:
                 raise _BadResponse("101 Switching Protocols without an upgrade request")
+            # Interim heads count against the head limit together: an origin streaming 103s forever
+            # must not grow the client's buffer (or this one) without bound.
+            self._interim_bytes += end + 4 - self._scan
+            if self._interim_bytes > self._pool.limits.max_header_size:
+                raise _BadResponse("upstream interim (1xx) responses over the head size limit")
+            self._scan = end + 4
             self._interim = True
             if not exchange.http10:  # HTTP/1.0 clients must not see interim responses
+                if self._content_length >= 0:
+                    parts = h.without_names(parts, [b"content-length"])  # a 1xx has no body to frame
                 parts[0] = h.status_line(status)
                 parts.append(b"\r\n")
                 exchange.client.write_interim(b"".join(parts))
             return
+        self._scan = end + 4
         te = self._transfer_encoding
         close_delimited = False
         if exchange.head_only or status == 204 or status == 304:
@@ -318,6 +393,11 @@ class UpstreamConnection(asyncio.Protocol):
             parts.append(b"Transfer-Encoding: chunked\r\n")
         parts[0] = h.status_line(status)
         self._keep_alive = parser.should_keep_alive()
+        if not self._keep_alive and mode != UNTIL_CLOSE and mode != ENCODE and not exchange.request_done:
+            # RFC 9112 §9.5: a framed answer that ends the connection before the body is in says the rest
+            # is not wanted; sending it on would only earn a reset that can destroy this very answer. (A
+            # close-delimited answer may be waiting for the body before it ends: keep sending there.)
+            self._body_unwanted = True
         exchange.upstream_status = status
         pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
         exchange.pipe = pipe
@@ -365,8 +445,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._feed_parser(data):
             return
         if self._mode == HEAD:
-            if len(buf) - self._scan > self._pool.limits.max_header_size:
-                self._fail("upstream response head too large")
+            self._head_unfinished()
             return
         self._head_buf = b""
         scan = self._scan
@@ -391,6 +470,16 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._body_piece(piece)
         exchange.client.flush_head(exchange)
+
+    def _head_unfinished(self) -> None:
+        """A read ended inside a response head: keep only what follows the interim heads relayed so far,
+        so a stream of 1xx heads costs neither memory nor a copy of everything read on every read."""
+        scan = self._scan
+        if scan:
+            self._head_buf = self._head_buf[scan:]
+            self._scan = 0
+        if len(self._head_buf) > self._pool.limits.max_header_size:
+            self._fail("upstream response head too large")
 
     def _finish_length(self, piece: bytes) -> None:
         remaining = self._remaining
@@ -446,6 +535,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._message_done = False
         self._reusable = self._keep_alive and not self._desync and exchange.request_done
         self._exchange = None
+        self._drop_spare()
         self._mode = HEAD
         exchange.pipe.feed_eof()
 
@@ -491,8 +581,7 @@ class CopyingUpstreamConnection(UpstreamConnection):
         if not self._feed_parser(data):
             return
         if self._mode == HEAD:
-            if len(self._head_buf) - self._scan > self._pool.limits.max_header_size:
-                self._fail("upstream response head too large")
+            self._head_unfinished()
             return
         self._head_buf = b""
         if self._message_done or self._mode == EMPTY:
@@ -509,16 +598,6 @@ class CopyingUpstreamConnection(UpstreamConnection):
             pipe.feed(body)
         elif mode == CHUNKED or mode == ENCODE:
             pipe.feed(b"%x\r\n" % len(body) + body + b"\r\n")
-
-
-def _without(parts: list[bytes], names: list[bytes]) -> list[bytes]:
-    """Header parts (name, ": ", value, CRLF per header after parts[0]) less the named headers."""
-    dropped = set(names)
-    kept = [parts[0]]
-    for index in range(1, len(parts), 4):
-        if parts[index].lower() not in dropped:
-            kept += parts[index : index + 4]
-    return kept
 
 
 class UpstreamPool:
