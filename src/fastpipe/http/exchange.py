@@ -36,6 +36,7 @@ class Exchange:
         "host",
         "http10",
         "keep_alive",
+        "local",
         "method",
         "parts",
         "pipe",
@@ -72,6 +73,7 @@ class Exchange:
         self.head_only = False
         self.chunked = False
         self.head = b""  # the request head as sent upstream
+        self.local: bytes | None = None  # a response the proxy gives itself (health check): no upstream
         # request body
         self.body_pending: list[bytes] | None = None  # framed pieces waiting for an upstream
         self.body_pending_size = 0

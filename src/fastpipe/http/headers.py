@@ -16,6 +16,7 @@ __all__ = (
     "RESPONSE_KINDS",
     "connection_tokens",
     "error_response",
+    "local_response",
     "status_line",
 )
 
@@ -111,6 +112,20 @@ def status_line(code: int) -> bytes:
     if line is None:
         line = b"HTTP/1.1 %d \r\n" % code
     return line
+
+
+def local_response(code: int, body: bytes, *, head_only: bool, keep_alive: bool, http10: bool) -> bytes:
+    """A complete plain-text response the proxy answers itself on a connection that may go on."""
+    connection = (
+        b"" if keep_alive and not http10 else b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n"
+    )
+    return (
+        status_line(code)
+        + b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: %d\r\n" % len(body)
+        + connection
+        + b"\r\n"
+        + (b"" if head_only else body)
+    )
 
 
 def error_response(code: int, detail: str = "") -> bytes:

@@ -32,6 +32,7 @@ class Proxy:
         limits: Limits | None = None,
         on_exchange: ExchangeHook | None = None,
         access_log: bool = False,
+        health_path: str | None = None,
     ) -> None:
         self.address: UpstreamAddress = parse_upstream(upstream)
         self.limits = limits if limits is not None else Limits()
@@ -39,6 +40,7 @@ class Proxy:
             raise TypeError(f"on_exchange must be callable, got {type(on_exchange).__name__}")
         self.on_exchange = on_exchange
         self.access_log = access_log
+        self.health_path = _health_target(health_path)
         self.recording = on_exchange is not None or access_log
         self.host_line = b"Host: " + self.address.host_header + b"\r\n"
         self.connections: set[ProxyProtocol] = set()
@@ -132,6 +134,14 @@ class Proxy:
             self._sweep.close()
 
 
+def _health_target(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.startswith("/") or "?" in path or not path.isascii() or " " in path:
+        raise ValueError(f"health_path must be an absolute path like '/healthz', got {path!r}")
+    return path.encode("ascii")
+
+
 _PROXIES: weakref.WeakKeyDictionary[Any, Proxy] = weakref.WeakKeyDictionary()
 
 
@@ -143,6 +153,7 @@ async def start_proxy(
     on_exchange: ExchangeHook | None = None,
     access_log: bool = False,
     reuse_port: bool = False,
+    health_path: str | None = None,
     **limits: Any,
 ) -> asyncio.Server:
     """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``) on ``host:port`` in the running loop.
@@ -152,8 +163,16 @@ async def start_proxy(
     ``on_exchange(record)`` is called with an :class:`ExchangeRecord` as each exchange ends;
     ``access_log=True`` writes one line per exchange to the ``fastpipe.access`` logger. Works in any
     running loop, in any thread; installs no signal handlers. Stop it with :func:`shutdown_proxy`.
+    ``health_path="/healthz"`` makes the proxy answer GET/HEAD of that path itself (query ignored):
+    200 ``ok`` while serving, 503 ``draining`` (and close) once a graceful shutdown began.
     """
-    proxy = Proxy(upstream, limits=Limits.from_options(limits), on_exchange=on_exchange, access_log=access_log)
+    proxy = Proxy(
+        upstream,
+        limits=Limits.from_options(limits),
+        on_exchange=on_exchange,
+        access_log=access_log,
+        health_path=health_path,
+    )
     loop = asyncio.get_running_loop()
     server = await loop.create_server(proxy, host, port, reuse_port=reuse_port or None)
     _PROXIES[server] = proxy

@@ -159,13 +159,20 @@ class ProxyProtocol(asyncio.Protocol):
         *,
         on_exchange: ExchangeHook | None = None,
         access_log: bool = False,
+        health_path: str | None = None,
         **limits: Any,
     ) -> Proxy:
         """A protocol factory for ``loop.create_server``: one shared pool and set of limits."""
         from .limits import Limits
         from .proxy import Proxy
 
-        return Proxy(upstream, limits=Limits.from_options(limits), on_exchange=on_exchange, access_log=access_log)
+        return Proxy(
+            upstream,
+            limits=Limits.from_options(limits),
+            on_exchange=on_exchange,
+            access_log=access_log,
+            health_path=health_path,
+        )
 
     def __repr__(self) -> str:
         return f"<ProxyProtocol peer={self._peer} active={self._active!r}>"
@@ -380,7 +387,11 @@ class ProxyProtocol(asyncio.Protocol):
             raise _Reject(413, f"request body over {self._max_body} bytes")
         exchange.keep_alive = parser.should_keep_alive()
         exchange.head_only = method == b"HEAD"
-        exchange.head = self._upstream_head(exchange, method, http10)
+        health = self._proxy.health_path
+        if health is not None and (method == b"GET" or exchange.head_only) and exchange.target.split(b"?")[0] == health:
+            self._answer_health(exchange)
+        else:
+            exchange.head = self._upstream_head(exchange, method, http10)
         if self._active is None:
             self._start(exchange)
             if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
@@ -414,7 +425,10 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange.chunked:
             self._send_body(exchange, b"0\r\n\r\n")
         if exchange is self._active:
-            self._await_head(exchange)
+            if exchange.local is None:
+                self._await_head(exchange)
+            else:
+                self._finish(exchange, COMPLETE)
         if not exchange.keep_alive:
             self._block(_STOPPED)
             raise _StopParsing
@@ -473,7 +487,22 @@ class ProxyProtocol(asyncio.Protocol):
         parts.append(b"\r\n")
         return b"".join(parts)
 
+    def _answer_health(self, exchange: Exchange) -> None:
+        """The health endpoint: answered here, never upstream; 503 (and close) once draining began."""
+        exchange.parts = None
+        if self._proxy.draining:
+            exchange.keep_alive = False
+            status, body = 503, b"draining\n"
+        else:
+            status, body = 200, b"ok\n"
+        exchange.status = status
+        exchange.local = h.local_response(
+            status, body, head_only=exchange.head_only, keep_alive=exchange.keep_alive, http10=exchange.http10
+        )
+
     def _send_body(self, exchange: Exchange, piece: bytes) -> None:
+        if exchange.local is not None:
+            return  # a request the proxy answers itself: its body goes nowhere
         exchange.request_bytes += len(piece)
         exchange.request_chunks += 1
         upstream = exchange.upstream
@@ -491,6 +520,14 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
+        local = exchange.local
+        if local is not None:
+            exchange.client_keep_alive = exchange.keep_alive
+            exchange.first_byte = _now()
+            self._transport.write(local)
+            if exchange.request_done:
+                self._finish(exchange, COMPLETE)  # else once the request ends (on_message_complete)
+            return
         connection = self._proxy.pool.acquire()
         if connection is None:
             self._arm(_NO_DEADLINE)  # the connect timeout covers this stage
