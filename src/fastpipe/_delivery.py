@@ -9,13 +9,15 @@ the pending read completes, which for an idle stream may be never).
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any, Awaitable, Callable
 
 from ._backend import Pipe
 from ._chunks import chunk_nbytes
-from .tee import DisconnectPolicy
+from .disconnect import DisconnectPolicy, check_policy
+from .end_reason import EndReason
 
-__all__ = ("deliver",)
+__all__ = ("deliver", "sink_policy")
 
 Write = Callable[[Any], Awaitable[object]]
 
@@ -24,16 +26,32 @@ Write = Callable[[Any], Awaitable[object]]
 _DETACHED: set[asyncio.Task[bool]] = set()
 
 
-async def deliver(pipe: Pipe, write: Write, client_gone: Awaitable[object], policy: DisconnectPolicy) -> bool:
+def sink_policy(sink: str, on_disconnect: DisconnectPolicy | None) -> DisconnectPolicy | None:
+    """The deprecated per-sink ``on_disconnect``: checked, and a DeprecationWarning when it is given."""
+    if on_disconnect is None:
+        return None
+    check_policy(on_disconnect)
+    warnings.warn(
+        f"{sink}(on_disconnect=...) is deprecated: the policy belongs to the pipe "
+        "(Pipe(..., on_disconnect=...) or pipe.on_disconnect = ...), and every sink honours it",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return on_disconnect
+
+
+async def deliver(
+    pipe: Pipe, write: Write, client_gone: Awaitable[object], policy: DisconnectPolicy | None = None
+) -> bool:
     """Write every chunk of ``pipe`` with ``await write(chunk)`` until the body ends or the client leaves.
 
     The client has left when ``client_gone`` completes (in any way) or ``write`` raises ``OSError``.
     Returns True when the whole body was written, False when the client left first (the policy was
     applied: the pipe is cancelled at once, or drained within its bounds, then cancelled). An upstream
     error while the client is there propagates (the response must not end cleanly); the pipe is
-    finished on every path.
+    finished on every path, and its ``end_reason`` says how. ``policy`` defaults to ``pipe.on_disconnect``.
     """
-    delivery = _Delivery(pipe, write, policy)
+    delivery = _Delivery(pipe, write, pipe.on_disconnect if policy is None else policy)
     sender = delivery.start()
     watcher: asyncio.Future[object] = asyncio.ensure_future(client_gone)
     try:
@@ -82,7 +100,9 @@ class _Delivery:
                 if self._gone:
                     self._drained += chunk_nbytes(chunk)
                     if self._drained > self._policy.max_bytes:
-                        break  # the taps saw this chunk; the bound stops the reading here
+                        # The taps saw this chunk; the bound stops the reading here.
+                        await pipe.aclose(EndReason.DRAIN_CUT_BYTES)
+                        break
                     continue
                 try:
                     await self._write(chunk)
@@ -108,10 +128,18 @@ class _Delivery:
         if sender is None or sender.done():
             return
         if not self._policy.drains:
-            if sender is not _current_task():
-                sender.cancel()
+            self._stop(sender, EndReason.CLIENT_GONE)
             return
-        self._deadline = asyncio.get_running_loop().call_later(self._policy.timeout, sender.cancel)
+        self._pipe.start_draining()
+        self._deadline = asyncio.get_running_loop().call_later(
+            self._policy.timeout, self._stop, sender, EndReason.DRAIN_CUT_TIMEOUT
+        )
+
+    def _stop(self, sender: asyncio.Task[bool], reason: EndReason) -> None:
+        # The reason first: cancelling the sender's pending pull would only say "cancelled".
+        self._pipe.cancel(reason)
+        if sender is not _current_task():
+            sender.cancel()
 
     def _sent(self, sender: asyncio.Task[bool]) -> None:
         if self._deadline is not None:

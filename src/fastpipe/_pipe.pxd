@@ -21,11 +21,15 @@ cdef class Pipe:
     cdef object _owner              # what must outlive the body: the upstream response or exchange
     cdef object _on_release         # called once with the pipe, after the owner is dropped
     cdef list _taps                 # synchronous observers per chunk, or None (the common case)
+    cdef list _done_callbacks       # called once with the pipe after on_release, or None
     cdef bint _released
 
     cdef PipeState _state
     cdef bint _pulling              # a pull's read is in flight (a second concurrent pull is an error)
     cdef object _exception          # what an errored pipe met; later pulls raise PipeError from it
+    cdef object _end_reason         # the EndReason whoever finished the pipe gave; None: derived from state
+    cdef bint _draining             # read on after its client left: a clean end is "drained"
+    cdef object _on_disconnect      # the DisconnectPolicy sinks apply when the client leaves
     cdef readonly long long chunks
     cdef readonly long long nbytes
 
@@ -37,7 +41,7 @@ cdef class Pipe:
     cdef object _producer           # has pause_reading()/resume_reading(); an asyncio transport fits
     cdef object _sink               # has write(chunk) and end(pipe)
     cdef object _sink_write         # bound sink.write, set once connect() has flushed the queue
-    cdef object _queue              # deque of chunks waiting for an `async for` consumer
+    cdef object _queue              # deque of (chunk, size) waiting for an `async for` consumer
     cdef Py_ssize_t _queued_bytes
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water

@@ -25,12 +25,18 @@ import warnings
 from collections import deque
 
 from ._errors import PipeError, report_callback_error
+from .disconnect import CANCEL, check_policy
+from .end_reason import EndReason, as_end_reason
 
 __all__ = ("Pipe", "PipeError", "wrap")
 
 cdef object CancelledError = asyncio.CancelledError
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _STATE_NAMES = ("idle", "open", "closed", "errored", "cancelled")
+cdef object _COMPLETE = EndReason.COMPLETE
+cdef object _DRAINED = EndReason.DRAINED
+cdef object _UPSTREAM_ERROR = EndReason.UPSTREAM_ERROR
+cdef object _CANCELLED = EndReason.CANCELLED
 cdef Py_ssize_t DEFAULT_HIGH_WATER = 64 * 1024
 
 cdef enum:
@@ -182,8 +188,9 @@ cdef Py_ssize_t _chunk_size(object chunk) except -1:
 cdef class Pipe:
     """A lazy, zero-copy passthrough that keeps the owner of a stream alive until the stream is over."""
 
-    def __init__(self, source, owner=None, *, on_release=None):
+    def __init__(self, source, owner=None, *, on_release=None, on_disconnect=CANCEL):
         # Lazy: nothing here may touch `source`, not even an attribute lookup.
+        self._on_disconnect = check_policy(on_disconnect)
         self._source = source
         self._owner = owner
         self._on_release = on_release
@@ -193,12 +200,12 @@ cdef class Pipe:
 
     @classmethod
     def pushed(cls, owner=None, *, producer=None, on_release=None, Py_ssize_t high_water=DEFAULT_HIGH_WATER,
-               low_water=None):
+               low_water=None, on_disconnect=CANCEL):
         """A pipe fed by a protocol instead of pulled from an async iterable (see ``_pipe_py.Pipe.pushed``)."""
         cdef Py_ssize_t low = high_water // 4 if low_water is None else low_water
         if not 0 <= low <= high_water:
             raise ValueError(f"need 0 <= low_water <= high_water, got {low} and {high_water}")
-        cdef Pipe pipe = Pipe(None, owner, on_release=on_release)
+        cdef Pipe pipe = Pipe(None, owner, on_release=on_release, on_disconnect=on_disconnect)
         pipe._pushed = True
         pipe._producer = producer
         pipe._queue = deque()
@@ -227,6 +234,43 @@ cdef class Pipe:
     def paused(self):
         """Whether this pipe has paused its producer (push face)."""
         return self._paused
+
+    @property
+    def on_disconnect(self):
+        """What a sink does with this pipe when its client leaves (default: cancel)."""
+        return self._on_disconnect
+
+    @on_disconnect.setter
+    def on_disconnect(self, policy):
+        self._on_disconnect = check_policy(policy)
+
+    @property
+    def end_reason(self):
+        """Why the pipe ended (an ``EndReason``); None while it runs."""
+        if self._state == STATE_IDLE or self._state == STATE_OPEN:
+            return None
+        if self._end_reason is not None:
+            return self._end_reason
+        if self._state == STATE_CLOSED:
+            return _DRAINED if self._draining else _COMPLETE
+        if self._state == STATE_ERRORED:
+            return _UPSTREAM_ERROR
+        return _CANCELLED
+
+    def start_draining(self):
+        """Its client left, and the pipe is read on without it: a clean end will be ``DRAINED``."""
+        self._draining = True
+
+    def add_done_callback(self, callback):
+        """Call ``callback(pipe)`` once the pipe is finished, after ``on_release`` (at once if it is)."""
+        if not callable(callback):
+            raise TypeError(f"add_done_callback() needs a callable, got {type(callback).__name__}")
+        if self._released:
+            _call_done(self, callback)
+        elif self._done_callbacks is None:
+            self._done_callbacks = [callback]
+        else:
+            self._done_callbacks.append(callback)
 
     def __repr__(self):
         return f"<Pipe state={self.state} chunks={self.chunks} nbytes={self.nbytes}>"
@@ -267,6 +311,11 @@ cdef class Pipe:
                 callback(self)
             except Exception as exc:
                 report_callback_error("fastpipe: on_release callback failed", exc, self)
+        done = self._done_callbacks
+        self._done_callbacks = None
+        if done is not None:
+            for callback in done:
+                _call_done(self, callback)
         return 0
 
     cdef int _observe(self, object chunk) except -1:
@@ -303,12 +352,17 @@ cdef class Pipe:
             pull._closing = False
         return pull
 
-    async def aclose(self):
-        """Cancel the stream and release the owner; idempotent, and a no-op on a finished pipe."""
+    async def aclose(self, reason=None):
+        """Cancel the stream and release the owner; idempotent, and a no-op on a finished pipe.
+
+        ``reason`` (an ``EndReason``) becomes ``end_reason`` if this call is the one that cancels.
+        """
+        checked = None if reason is None else as_end_reason(reason)
         cdef PipeState state = self._state
         if state != STATE_IDLE and state != STATE_OPEN:
             return
         self._state = STATE_CANCELLED
+        self._end_reason = checked
         if self._pushed:
             self._cancel_pushed()
             return
@@ -323,16 +377,19 @@ cdef class Pipe:
         finally:
             self._release()
 
-    def cancel(self):
+    def cancel(self, reason=None):
         """Cancel synchronously, for callers that cannot await (see ``_pipe_py.Pipe.cancel``).
 
         The owner is released at once, and the source of a pulled pipe is not closed; with a pull pending,
         that pull finishes the job when its read completes, closing the iterator as after ``aclose()``.
+        ``reason`` as for ``aclose()``.
         """
+        checked = None if reason is None else as_end_reason(reason)
         cdef PipeState state = self._state
         if state != STATE_IDLE and state != STATE_OPEN:
             return
         self._state = STATE_CANCELLED
+        self._end_reason = checked
         if self._pushed:
             self._cancel_pushed()
         elif not self._pulling:
@@ -371,7 +428,7 @@ cdef class Pipe:
         if self._sink_write is not None:
             return self._write_to_sink(self._sink_write, chunk, size)
         self._queued_bytes += size
-        self._queue.append(chunk)
+        self._queue.append((chunk, size))  # measured once, here
         if self._queued_bytes > self._high_water:
             self.pause_producing()
         self._wake_puller()
@@ -381,10 +438,16 @@ cdef class Pipe:
         """The producer's body ended cleanly."""
         self._feed_end(_EOF)
 
-    def feed_error(self, exc):
-        """The producer failed: the consumer gets ``exc`` after the queued chunks, never a clean end."""
+    def feed_error(self, exc, reason=None):
+        """The producer failed: the consumer gets ``exc`` after the queued chunks, never a clean end.
+
+        ``reason`` (default ``UPSTREAM_ERROR``) becomes ``end_reason``: a tee cutting a branch says why.
+        """
         if not isinstance(exc, BaseException):
             raise TypeError(f"feed_error() needs an exception, got {type(exc).__name__}")
+        checked = None if reason is None else as_end_reason(reason)
+        if (self._state == STATE_IDLE or self._state == STATE_OPEN) and self._pending_end is None:
+            self._end_reason = checked
         self._feed_end(exc)
 
     def _feed_end(self, end):
@@ -415,8 +478,7 @@ cdef class Pipe:
         self._sink = sink  # attached (no other consumer may come) but not yet written to directly
         queue = self._queue
         while queue:
-            chunk = queue.popleft()
-            size = _chunk_size(chunk)
+            chunk, size = queue.popleft()
             self._queued_bytes -= size
             if not self._write_to_sink(sink.write, chunk, size) or self._state == STATE_CANCELLED:
                 return
@@ -488,21 +550,24 @@ cdef class Pipe:
         return 0
 
     async def _pull_pushed(self):
+        cdef Py_ssize_t size
         if self._pulling:
-            raise RuntimeError("anext(): Pipe is already being pulled")
+            if self._state == STATE_OPEN:
+                raise RuntimeError("anext(): Pipe is already being pulled")
+            self._raise_finished()  # cancelled while another pull waits: this one ends
         if self._sink is not None:
             raise RuntimeError("a pipe connected to a sink cannot be pulled")
         if self._state == STATE_IDLE:
             self._state = STATE_OPEN
         queue = self._queue
-        while True:  # at most twice: once to wait, once to take what the wake-up brought
+        while True:  # a few rounds at most: a resume or a wake-up brings a chunk or the end
             if queue:
-                chunk = queue.popleft()
-                self._queued_bytes -= _chunk_size(chunk)
+                chunk, size = queue.popleft()
+                self._queued_bytes -= size
                 if self._paused and self._queued_bytes <= self._low_water:
                     self.resume_producing()
                 self.chunks += 1
-                self.nbytes += _chunk_size(chunk)
+                self.nbytes += size
                 if self._taps is not None:
                     self._observe(chunk)
                 return chunk
@@ -514,6 +579,11 @@ cdef class Pipe:
                 if end is _EOF:
                     raise StopAsyncIteration
                 raise end
+            if self._paused:
+                # A consumer waits on an empty queue: that is demand, whoever paused the producer.
+                self.resume_producing()
+                if queue or self._state != STATE_OPEN or self._pending_end is not None:
+                    continue
             waiter = self._waiter = _get_running_loop().create_future()
             self._pulling = True
             try:
@@ -587,15 +657,16 @@ cdef class _Pull:
                 pipe._release()
 
     cdef int _begin(self, Pipe pipe) except -1:
-        # The cold start of a pull: refuse a concurrent one, end a finished pipe, open an idle one.
+        # The cold start of a pull: end a finished pipe (also while another pull is pending: a pull after
+        # aclose() ends), refuse a concurrent one, open an idle one.
         cdef PyObject* iterator
+        if pipe._state != STATE_OPEN and pipe._state != STATE_IDLE:
+            self._pipe = None
+            pipe._raise_finished()
         if pipe._pulling:
             self._pipe = None
             raise RuntimeError("anext(): Pipe is already being pulled")
-        if pipe._state != STATE_OPEN:
-            if pipe._state != STATE_IDLE:
-                self._pipe = None
-                pipe._raise_finished()
+        if pipe._state == STATE_IDLE:
             pipe._state = STATE_OPEN
         if pipe._iterator is None:
             pipe._pulling = True
@@ -749,6 +820,13 @@ cdef int _pull_am_send(_Pull pull, PyObject* arg, PyObject** presult) except -1:
 
 
 fastpipe_install_pull_slots(<PyObject*>_Pull, <void*>_pull_am_send)
+
+
+cdef _call_done(Pipe pipe, callback):
+    try:
+        callback(pipe)
+    except Exception as exc:
+        report_callback_error("fastpipe: done callback failed", exc, pipe)
 
 
 def wrap(body, owner=None, **options):

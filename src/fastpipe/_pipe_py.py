@@ -22,6 +22,8 @@ from typing import Any, AsyncIterable, Callable, Protocol
 from ._chunks import Chunk
 from ._chunks import chunk_nbytes as _chunk_size
 from ._errors import PipeError, report_callback_error
+from .disconnect import CANCEL, DisconnectPolicy, check_policy
+from .end_reason import EndReason, as_end_reason
 
 __all__ = ("Pipe", "PipeError", "Producer", "Sink", "wrap")
 
@@ -66,11 +68,15 @@ class Pipe:
     __slots__ = (
         "__weakref__",
         "_chunks",
+        "_done_callbacks",
+        "_draining",
+        "_end_reason",
         "_exception",
         "_high_water",
         "_iterator",
         "_low_water",
         "_nbytes",
+        "_on_disconnect",
         "_on_release",
         "_owner",
         "_paused",
@@ -96,12 +102,16 @@ class Pipe:
         owner: object = None,
         *,
         on_release: Callable[[Pipe], object] | None = None,
+        on_disconnect: DisconnectPolicy = CANCEL,
     ) -> None:
         # Lazy: nothing here may touch `source`, not even an attribute lookup.
         self._source: Any = source
         self._iterator: Any = None
         self._owner: object = owner
         self._on_release = on_release
+        self._done_callbacks: list[Callable[[Pipe], object]] | None = None
+        self._end_reason: EndReason | None = None  # said by whoever finished the pipe; else derived
+        self._draining = False
         self._released = False
         self._taps: list[Callable[[Any], object]] | None = None
         self._state = IDLE
@@ -113,13 +123,15 @@ class Pipe:
         self._producer: Any = None
         self._sink: Any = None
         self._sink_write: Callable[[Any], object] | None = None
-        self._queue: deque[Any] | None = None
+        self._queue: deque[tuple[Any, int]] | None = None  # (chunk, its size in bytes)
         self._queued_bytes = 0
         self._pending_end: object = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._high_water = DEFAULT_HIGH_WATER
         self._low_water = DEFAULT_LOW_WATER
+        self._on_disconnect = CANCEL
+        self._on_disconnect = check_policy(on_disconnect)  # last: a refused pipe is still a whole object
 
     @classmethod
     def pushed(
@@ -130,6 +142,7 @@ class Pipe:
         on_release: Callable[[Pipe], object] | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
         low_water: int | None = None,
+        on_disconnect: DisconnectPolicy = CANCEL,
     ) -> Pipe:
         """A pipe fed by a protocol instead of pulled from an async iterable.
 
@@ -140,7 +153,7 @@ class Pipe:
             low_water = high_water // 4
         if not 0 <= low_water <= high_water:
             raise ValueError(f"need 0 <= low_water <= high_water, got {low_water} and {high_water}")
-        pipe = cls(None, owner, on_release=on_release)  # type: ignore[arg-type]
+        pipe = cls(None, owner, on_release=on_release, on_disconnect=on_disconnect)  # type: ignore[arg-type]
         pipe._pushed = True
         pipe._producer = producer
         pipe._queue = deque()
@@ -179,6 +192,47 @@ class Pipe:
     def paused(self) -> bool:
         """Whether this pipe has paused its producer (push face)."""
         return self._paused
+
+    @property
+    def on_disconnect(self) -> DisconnectPolicy:
+        """What a sink does with this pipe when its client leaves (default: cancel)."""
+        return self._on_disconnect
+
+    @on_disconnect.setter
+    def on_disconnect(self, policy: DisconnectPolicy) -> None:
+        self._on_disconnect = check_policy(policy)
+
+    @property
+    def end_reason(self) -> EndReason | None:
+        """Why the pipe ended (an ``EndReason``); None while it runs."""
+        state = self._state
+        if state is IDLE or state is OPEN:
+            return None
+        if self._end_reason is not None:
+            return self._end_reason
+        if state is CLOSED:
+            return EndReason.DRAINED if self._draining else EndReason.COMPLETE
+        if state is ERRORED:
+            return EndReason.UPSTREAM_ERROR
+        return EndReason.CANCELLED
+
+    def start_draining(self) -> None:
+        """Its client left, and the pipe is read on without it: a clean end will be ``DRAINED``."""
+        self._draining = True
+
+    def add_done_callback(self, callback: Callable[[Pipe], object]) -> None:
+        """Call ``callback(pipe)`` once the pipe is finished, after ``on_release`` (at once if it is).
+
+        ``pipe.state`` and ``pipe.end_reason`` are final then; an exception goes to the loop's handler.
+        """
+        if not callable(callback):
+            raise TypeError(f"add_done_callback() needs a callable, got {type(callback).__name__}")
+        if self._released:
+            _call_done(self, callback)
+        elif self._done_callbacks is None:
+            self._done_callbacks = [callback]
+        else:
+            self._done_callbacks.append(callback)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} state={self._state} chunks={self._chunks} nbytes={self._nbytes}>"
@@ -222,6 +276,10 @@ class Pipe:
                 callback(self)
             except Exception as exc:
                 report_callback_error("fastpipe: on_release callback failed", exc, self)
+        done, self._done_callbacks = self._done_callbacks, None
+        if done is not None:
+            for callback in done:
+                _call_done(self, callback)
 
     def _deliver(self, chunk: Any) -> Any:
         """Count a chunk and show it to the taps; the chunk itself passes on untouched."""
@@ -255,12 +313,15 @@ class Pipe:
         return self._pull()
 
     async def _pull(self) -> Any:
-        if self._pulling:
-            raise RuntimeError("anext(): Pipe is already being pulled")
+        # A finished pipe answers first: a pull after aclose() ends, also while another pull is pending.
         if self._state is not OPEN:
             if self._state is not IDLE:
                 self._raise_finished()
+            if self._pulling:
+                raise RuntimeError("anext(): Pipe is already being pulled")
             self._state = OPEN
+        elif self._pulling:
+            raise RuntimeError("anext(): Pipe is already being pulled")
         self._pulling = True
         try:
             try:
@@ -303,12 +364,17 @@ class Pipe:
         finally:
             self._release()
 
-    async def aclose(self) -> None:
-        """Cancel the stream and release the owner; idempotent, and a no-op on a finished pipe."""
+    async def aclose(self, reason: EndReason | str | None = None) -> None:
+        """Cancel the stream and release the owner; idempotent, and a no-op on a finished pipe.
+
+        ``reason`` (an ``EndReason``) becomes ``end_reason`` if this call is the one that cancels.
+        """
+        checked = None if reason is None else as_end_reason(reason)
         state = self._state
         if state is not IDLE and state is not OPEN:
             return
         self._state = CANCELLED
+        self._end_reason = checked
         if self._pushed:
             self._cancel_pushed()
             return
@@ -322,16 +388,19 @@ class Pipe:
         finally:
             self._release()
 
-    def cancel(self) -> None:
+    def cancel(self, reason: EndReason | str | None = None) -> None:
         """Cancel synchronously, for callers that cannot await (protocol callbacks).
 
         The owner is released at once, and the source of a pulled pipe is not closed; with a pull pending,
         that pull finishes the job when its read completes, closing the iterator as after ``aclose()``.
+        ``reason`` as for ``aclose()``.
         """
+        checked = None if reason is None else as_end_reason(reason)
         state = self._state
         if state is not IDLE and state is not OPEN:
             return
         self._state = CANCELLED
+        self._end_reason = checked
         if self._pushed:
             self._cancel_pushed()
         elif not self._pulling:
@@ -371,7 +440,7 @@ class Pipe:
             return self._write_to_sink(self._sink_write, chunk, size)
         assert self._queue is not None
         self._queued_bytes += size
-        self._queue.append(chunk)
+        self._queue.append((chunk, size))  # measured once, here
         if self._queued_bytes > self._high_water:
             self.pause_producing()
         self._wake_puller()
@@ -381,10 +450,16 @@ class Pipe:
         """The producer's body ended cleanly."""
         self._feed_end(_EOF)
 
-    def feed_error(self, exc: BaseException) -> None:
-        """The producer failed: the consumer gets ``exc`` after the queued chunks, never a clean end."""
+    def feed_error(self, exc: BaseException, reason: EndReason | str | None = None) -> None:
+        """The producer failed: the consumer gets ``exc`` after the queued chunks, never a clean end.
+
+        ``reason`` (default ``UPSTREAM_ERROR``) becomes ``end_reason``: a tee cutting a branch says why.
+        """
         if not isinstance(exc, BaseException):
             raise TypeError(f"feed_error() needs an exception, got {type(exc).__name__}")
+        checked = None if reason is None else as_end_reason(reason)
+        if (self._state is IDLE or self._state is OPEN) and self._pending_end is None:
+            self._end_reason = checked
         self._feed_end(exc)
 
     def _feed_end(self, end: object) -> None:
@@ -420,8 +495,7 @@ class Pipe:
         assert self._queue is not None
         queue = self._queue
         while queue:
-            chunk = queue.popleft()
-            size = _chunk_size(chunk)
+            chunk, size = queue.popleft()
             self._queued_bytes -= size
             if not self._write_to_sink(sink.write, chunk, size) or self._state is CANCELLED:
                 return
@@ -489,20 +563,22 @@ class Pipe:
 
     async def _pull_pushed(self) -> Any:
         if self._pulling:
-            raise RuntimeError("anext(): Pipe is already being pulled")
+            if self._state is OPEN:
+                raise RuntimeError("anext(): Pipe is already being pulled")
+            self._raise_finished()  # cancelled while another pull waits: this one ends
         if self._sink is not None:
             raise RuntimeError("a pipe connected to a sink cannot be pulled")
         if self._state is IDLE:
             self._state = OPEN
         queue = self._queue
         assert queue is not None
-        while True:  # at most twice: once to wait, once to take what the wake-up brought
+        while True:  # a few rounds at most: a resume or a wake-up brings a chunk or the end
             if queue:
-                chunk = queue.popleft()
-                self._queued_bytes -= _chunk_size(chunk)
+                chunk, size = queue.popleft()
+                self._queued_bytes -= size
                 if self._paused and self._queued_bytes <= self._low_water:
                     self.resume_producing()
-                return self._deliver(chunk)
+                return self._count(chunk, size)
             if self._state is not OPEN:
                 self._raise_finished()
             end = self._pending_end
@@ -511,6 +587,11 @@ class Pipe:
                 if end is _EOF:
                     raise StopAsyncIteration
                 raise end  # type: ignore[misc]
+            if self._paused:
+                # A consumer waits on an empty queue: that is demand, whoever paused the producer.
+                self.resume_producing()
+                if queue or self._state is not OPEN or self._pending_end is not None:
+                    continue
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             self._pulling = True
             try:
@@ -522,6 +603,13 @@ class Pipe:
             finally:
                 self._waiter = None
                 self._pulling = False
+
+
+def _call_done(pipe: Pipe, callback: Callable[[Pipe], object]) -> None:
+    try:
+        callback(pipe)
+    except Exception as exc:
+        report_callback_error("fastpipe: done callback failed", exc, pipe)
 
 
 def wrap(body: AsyncIterable[Chunk] | None, owner: object = None, **options: Any) -> Pipe | None:

@@ -7,7 +7,8 @@ is read no faster than the client takes it), and ends it when the pipe ends.
 aiohttp does not tell a handler that its client left (unless the app runs with
 ``handler_cancellation=True``, which cancels the handler: that is handled too). So the transport is
 looked at every ``disconnect_poll`` seconds while the body streams, and a write to a closed transport
-counts as a disconnect; then ``on_disconnect`` applies (default: cancel the pipe, releasing its owner).
+counts as a disconnect; then the pipe's ``on_disconnect`` policy applies (default: cancel the pipe,
+releasing its owner).
 An upstream error after the response started is raised to aiohttp, which drops the connection: the client
 sees a broken response, never a short one that ends cleanly.
 """
@@ -21,8 +22,8 @@ from aiohttp import web
 from aiohttp.typedefs import LooseHeaders
 
 from ._backend import Pipe
-from ._delivery import deliver
-from .tee import CANCEL, DisconnectPolicy
+from ._delivery import deliver, sink_policy
+from .disconnect import DisconnectPolicy
 
 __all__ = ("stream_response",)
 
@@ -33,12 +34,14 @@ async def stream_response(
     *,
     status: int = 200,
     headers: LooseHeaders | None = None,
-    on_disconnect: DisconnectPolicy = CANCEL,
+    on_disconnect: DisconnectPolicy | None = None,
     disconnect_poll: float = 0.1,
 ) -> web.StreamResponse:
-    """Stream ``pipe`` (None: no body) to the client of ``request``; returns the finished response."""
-    if not isinstance(on_disconnect, DisconnectPolicy):
-        raise TypeError(f"on_disconnect must be a DisconnectPolicy, got {type(on_disconnect).__name__}")
+    """Stream ``pipe`` (None: no body) to the client of ``request``; returns the finished response.
+
+    ``on_disconnect`` is deprecated: set the policy on the pipe (``pipe.on_disconnect``).
+    """
+    on_disconnect = sink_policy("stream_response", on_disconnect)
     if isinstance(disconnect_poll, bool) or not 0 < disconnect_poll < math.inf:
         raise ValueError(f"disconnect_poll must be a finite number of seconds > 0, got {disconnect_poll!r}")
     response = web.StreamResponse(status=status, headers=headers)

@@ -3,7 +3,8 @@
 ``PipeResponse(pipe, status, headers)`` sends the pipe's chunks as ``http.response.body`` messages, as they
 come (the chunk objects themselves: a server that writes them to its transport copies nothing more). It
 listens for ``http.disconnect`` the whole time, so a client that leaves while the upstream is idle is
-noticed at once, and then applies ``on_disconnect`` (default: cancel the pipe, releasing its owner).
+noticed at once, and then applies the pipe's ``on_disconnect`` policy (default: cancel the pipe, releasing
+its owner; ``drain``: read on within bounds, for taps and usage capture).
 
 An upstream error after the response started is raised to the server, which aborts the connection: the
 client sees a broken response, never a short one that ends cleanly.
@@ -17,8 +18,8 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Union
 
 from ._backend import Pipe
-from ._delivery import deliver
-from .tee import CANCEL, DisconnectPolicy
+from ._delivery import deliver, sink_policy
+from .disconnect import DisconnectPolicy
 
 try:
     from starlette.responses import Response as _ResponseBase
@@ -44,17 +45,16 @@ class PipeResponse(_ResponseBase):
         headers: Headers = None,
         *,
         media_type: str | None = None,
-        on_disconnect: DisconnectPolicy = CANCEL,
+        on_disconnect: DisconnectPolicy | None = None,
         background: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         # Starlette's Response.__init__ renders a body; a pipe has none to render, so it is not called.
         if type(status) is not int or not 100 <= status <= 999:
             raise ValueError(f"status must be an int from 100 to 999, got {status!r}")
-        if not isinstance(on_disconnect, DisconnectPolicy):
-            raise TypeError(f"on_disconnect must be a DisconnectPolicy, got {type(on_disconnect).__name__}")
+        # Deprecated: the policy belongs to the pipe (None here: honour pipe.on_disconnect).
+        self.on_disconnect = sink_policy("PipeResponse", on_disconnect)
         self.pipe = pipe
         self.status_code = status
-        self.on_disconnect = on_disconnect
         self.background = background  # type: ignore[assignment]
         self.raw_headers = encode_headers(headers, media_type)
 

@@ -1,8 +1,8 @@
 """pump: write a Pipe to a plain asyncio transport, at the pace the transport's flow control allows.
 
 ``await pump(pipe, transport)`` writes every chunk with ``transport.write(chunk)`` (the chunk object
-itself) and returns True when the body ended, False when the client went away first (then
-``on_disconnect`` was applied). An upstream error propagates: the caller should ``abort()`` the transport
+itself) and returns True when the body ended, False when the client went away first (then the pipe's
+``on_disconnect`` policy was applied). An upstream error propagates: the caller should ``abort()`` the transport
 so the client never mistakes a short body for a whole one. pump() writes bytes, not HTTP framing.
 
 Flow control lives in the protocol (asyncio calls ``protocol.pause_writing()`` above the transport's high
@@ -23,8 +23,9 @@ from typing import Any, Protocol, Union
 
 from ._backend import Pipe
 from ._chunks import chunk_nbytes
-from ._delivery import deliver
-from .tee import CANCEL, DisconnectPolicy
+from ._delivery import deliver, sink_policy
+from .disconnect import DisconnectPolicy
+from .end_reason import EndReason
 
 __all__ = ("FlowProtocol", "pump")
 
@@ -74,11 +75,13 @@ async def pump(
     pipe: Pipe,
     transport: Union[asyncio.WriteTransport, asyncio.StreamWriter],
     *,
-    on_disconnect: DisconnectPolicy = CANCEL,
+    on_disconnect: DisconnectPolicy | None = None,
 ) -> bool:
-    """Write ``pipe`` to ``transport``; True when the whole body was written, False when the client left."""
-    if not isinstance(on_disconnect, DisconnectPolicy):
-        raise TypeError(f"on_disconnect must be a DisconnectPolicy, got {type(on_disconnect).__name__}")
+    """Write ``pipe`` to ``transport``; True when the whole body was written, False when the client left.
+
+    ``on_disconnect`` is deprecated: set the policy on the pipe (``pipe.on_disconnect``).
+    """
+    on_disconnect = sink_policy("pump", on_disconnect) or pipe.on_disconnect
     if isinstance(transport, asyncio.StreamWriter):
         return await deliver(pipe, _StreamWrite(transport), transport.wait_closed(), on_disconnect)
     protocol = transport.get_protocol()
@@ -144,7 +147,7 @@ class _PushSink:
             return
         self._drained += chunk_nbytes(chunk)
         if self._drained > self._policy.max_bytes:
-            self._pipe.cancel()
+            self._pipe.cancel(EndReason.DRAIN_CUT_BYTES)
 
     def end(self, pipe: Pipe) -> None:
         if self._protocol._flow_listener is self:
@@ -171,11 +174,14 @@ class _PushSink:
         self._gone = True
         pipe = self._pipe
         if not self._policy.drains:
-            pipe.cancel()
+            pipe.cancel(EndReason.CLIENT_GONE)
             return
+        pipe.start_draining()
         pipe.resume_producing()  # the client's flow control no longer applies
         if pipe.state in ("idle", "open"):
-            self._deadline = asyncio.get_running_loop().call_later(self._policy.timeout, pipe.cancel)
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._policy.timeout, pipe.cancel, EndReason.DRAIN_CUT_TIMEOUT
+            )
 
 
 # -- the pull face -------------------------------------------------------------------------------------------

@@ -153,10 +153,11 @@ async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
         async def make(_request: web.Request) -> Any:
             upstream = await session.get(origin.url("/sse?n=10&delay=0.03"))
             pipe = from_aiohttp(upstream, pipe_type=impl.Pipe).tap(EventTap(on_event))
+            pipe.on_disconnect = on_disconnect
             pipes.append(pipe)
             return pipe
 
-        async with gateway(make, handler_cancellation=handler_cancellation, on_disconnect=on_disconnect) as port:
+        async with gateway(make, handler_cancellation=handler_cancellation) as port:
             await get_then_leave(port, "/", 60)
             await wait_until(lambda: bool(pipes) and pipes[0].state != "open", 3, "the pipe to finish")
     if policy == "drain":
@@ -185,3 +186,19 @@ async def test_stream_response_refuses_bad_options(impl: ModuleType) -> None:
         await stream_response(request, pipe, disconnect_poll=0)
     with pytest.raises(TypeError, match="DisconnectPolicy"):
         await stream_response(request, pipe, on_disconnect="cancel")  # type: ignore[arg-type]
+
+
+async def test_the_old_on_disconnect_keyword_still_works_with_a_deprecation_warning(impl: ModuleType) -> None:
+    pipes: list[Any] = []
+
+    async def make(_request: web.Request) -> Any:
+        pipe = impl.Pipe(chunks(3, 1000, then="hang"), Owner())
+        pipes.append(pipe)
+        return pipe
+
+    drain = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.3)
+    with pytest.deprecated_call(match="belongs to the pipe"):
+        async with gateway(make, on_disconnect=drain) as port:
+            await get_then_leave(port, "/", 3000)
+            await wait_until(lambda: bool(pipes) and pipes[0].state != "open", 3, "the pipe to finish")
+    assert pipes[0].end_reason == "drain-cut-timeout", "the keyword's drain policy was not applied"

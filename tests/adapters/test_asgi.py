@@ -158,10 +158,10 @@ async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
         async def make(_scope: Scope) -> PipeResponse:
             upstream = await session.get(origin.url("/sse?n=10&delay=0.02"))
             pipe = from_aiohttp(upstream, pipe_type=impl.Pipe).tap(EventTap(on_event))
-            on_disconnect = (
+            pipe.on_disconnect = (
                 DisconnectPolicy.drain(max_bytes=1 << 20, timeout=5) if policy == "drain" else DisconnectPolicy.cancel()
             )
-            return PipeResponse(pipe, media_type="text/event-stream", on_disconnect=on_disconnect)
+            return PipeResponse(pipe, media_type="text/event-stream")
 
         app = PipeApp(make)
         async with asgi_server(server, app) as port:
@@ -185,8 +185,9 @@ async def test_drain_policy_time_bound_releases_an_idle_upstream(impl: ModuleTyp
     releases = Releases()
 
     async def make(_scope: Scope) -> PipeResponse:
-        pipe = impl.Pipe(chunks(3, 1000, then="hang"), Owner(), on_release=releases)
-        return PipeResponse(pipe, on_disconnect=DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.3))
+        drain = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.3)
+        pipe = impl.Pipe(chunks(3, 1000, then="hang"), Owner(), on_release=releases, on_disconnect=drain)
+        return PipeResponse(pipe)
 
     async with asgi_server("uvicorn-httptools", PipeApp(make)) as port:
         await get_then_leave(port, "/", 3000)
@@ -202,8 +203,9 @@ async def test_drain_policy_byte_bound_stops_reading(impl: ModuleType) -> None:
 
     async def make(_scope: Scope) -> PipeResponse:
         pipe = impl.Pipe(chunks(10_000, 1000, delay=0.0005), Owner(), on_release=releases)
+        pipe.on_disconnect = DisconnectPolicy.drain(max_bytes=20_000, timeout=10)
         pipes.append(pipe)
-        return PipeResponse(pipe, on_disconnect=DisconnectPolicy.drain(max_bytes=20_000, timeout=10))
+        return PipeResponse(pipe)
 
     async with asgi_server("uvicorn-httptools", PipeApp(make)) as port:
         await get_then_leave(port, "/", 5000)
@@ -295,6 +297,26 @@ def test_pipe_response_refuses_header_injection_and_bad_status() -> None:
         PipeResponse(None, status=42)
     with pytest.raises(TypeError, match="DisconnectPolicy"):
         PipeResponse(None, on_disconnect="drain")  # type: ignore[arg-type]
+
+
+async def test_the_old_on_disconnect_keyword_still_works_with_a_deprecation_warning(impl: ModuleType) -> None:
+    releases = Releases()
+    responses: list[PipeResponse] = []
+
+    async def make(_scope: Scope) -> PipeResponse:
+        pipe = impl.Pipe(chunks(3, 1000, then="hang"), Owner(), on_release=releases)
+        with pytest.deprecated_call(match="belongs to the pipe"):
+            response = PipeResponse(pipe, on_disconnect=DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.3))
+        responses.append(response)
+        return response
+
+    async with asgi_server("uvicorn-httptools", PipeApp(make)) as port:
+        await get_then_leave(port, "/", 3000)
+        left_at = time.monotonic()
+        state, released_at = await releases.wait(2)
+    assert state == "cancelled"
+    assert 0.2 <= released_at - left_at < 1.0, "the keyword's drain policy was not applied"
+    assert responses[0].pipe is not None and responses[0].pipe.end_reason == "drain-cut-timeout"
 
 
 async def test_pipe_response_refuses_a_websocket_scope(impl: ModuleType) -> None:

@@ -102,8 +102,9 @@ class Pumping(FlowProtocol):
 
     async def serve(self) -> None:
         pipe = await self.make()
+        pipe.on_disconnect = self.policy  # the policy belongs to the pipe; pump() honours it
         try:
-            complete = await pump(pipe, self.transport, on_disconnect=self.policy)
+            complete = await pump(pipe, self.transport)
         except Exception as exc:
             self.outcomes.append(exc)
             self.transport.abort()
@@ -236,6 +237,7 @@ async def test_pulled_pipe_drain_policy_reads_on_within_the_byte_bound(impl: Mod
         await wait_until(lambda: bool(outcomes), 5, "pump() to return")
     assert outcomes == [False]
     assert pipes[0].state == "cancelled"
+    assert pipes[0].end_reason == "drain-cut-max-bytes"
     assert pipes[0].nbytes < 600_000  # kernel buffers before the disconnect is seen, plus the bound
 
 
@@ -353,6 +355,7 @@ async def test_pushed_pipe_drain_policy_keeps_feeding_its_taps(impl: ModuleType)
     assert sum(seen) == len(body), "the taps must see the whole upstream body after the client left"
     assert outcomes == [False]
     assert upstreams[0].pipe.state == "cancelled"  # the upstream hung: the time bound ended it
+    assert upstreams[0].pipe.end_reason == "drain-cut-timeout"
 
 
 # -- misuse ---------------------------------------------------------------------------------------------------

@@ -228,13 +228,18 @@ async def test_cancelled_secondary_never_cancels_the_primary(impl: ModuleType) -
     assert releases.calls[0][0] == "closed"
 
 
-async def test_reader_reads_ahead_of_the_primary_at_most_high_water(impl: ModuleType) -> None:
+async def test_reader_reads_nothing_before_the_primary_asks_then_at_most_high_water_ahead(impl: ModuleType) -> None:
     source = CountingSource([piece(i, 1000) for i in range(100)])
     primary, side = tee(impl.Pipe(source), 2, high_water=5000)
+    side_reader = asyncio.ensure_future(drain(side))
     await settle(200)
-    assert 5 <= source.reads <= 7, f"read {source.reads} chunks ahead of a primary that pulled none"
-    results = await asyncio.gather(drain(primary), drain(side))
-    assert [len(result) for result in results] == [100, 100]
+    assert source.reads == 0, f"read {source.reads} chunks before anyone asked for the primary"
+    first = await primary.__anext__()
+    await settle(200)
+    assert 6 <= source.reads <= 8, f"read {source.reads} chunks for a primary that pulled one"
+    rest = await drain(primary)
+    assert [first, *rest] == [piece(i, 1000) for i in range(100)]
+    assert len(await side_reader) == 100
 
 
 # -- the disconnect policy: the primary leaves ---------------------------------------------------------------

@@ -295,3 +295,18 @@ def test_real_tcp_transport_is_paused_and_resumed_and_the_body_arrives_intact(im
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def test_a_pull_on_an_empty_queue_resumes_a_paused_producer(impl: ModuleType) -> None:
+    """A consumer waiting with nothing queued is demand: a paused producer would never feed it."""
+    producer = RecordingProducer()
+    pipe = impl.Pipe.pushed(Owner(), producer=producer)
+    pipe.pause_producing()
+    pending = asyncio.ensure_future(pipe.__anext__())
+    await asyncio.sleep(0)
+    assert producer.calls == ["pause", "resume"]
+    assert not pipe.paused
+    pipe.feed(b"a")
+    assert await pending == b"a"
+    pipe.feed_eof()
+    assert await drain(pipe) == []
