@@ -5,10 +5,10 @@ from typing import Any, Final, final
 
 from ._chunks import Chunk as _Chunk
 from ._errors import PipeError as PipeError
-from .disconnect import DisconnectPolicy as _DisconnectPolicy
-from .end_reason import EndReason as _EndReason
 from ._pipe_py import Producer as _Producer
 from ._pipe_py import Sink as _Sink
+from .disconnect import DisconnectPolicy as _DisconnectPolicy
+from .end_reason import EndReason as _EndReason
 
 __all__ = ("Pipe", "PipeError", "wrap")
 
