@@ -168,4 +168,32 @@ CASES = (
         forwarded=frozenset({b"/first"}),
         answered_first=1,
     ),
+    # -- Connection naming a field every hop needs (RFC 9110 §7.6.1): dropping it would strip framing ---
+    HostileCase(
+        "connection-names-content-length",
+        _post(b"Connection: keep-alive, Content-Length\r\nContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED),
+    ),
+    HostileCase(
+        "connection-close-names-content-length",
+        _post(b"Connection: close, Content-Length\r\nContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED),
+    ),
+    HostileCase(
+        "connection-names-content-length-http10",
+        b"POST /h HTTP/1.0\r\nConnection: keep-alive, content-length\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED)
+        + SMUGGLED,
+    ),
+    HostileCase(
+        "connection-names-transfer-encoding",
+        _post(b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED),
+    ),
+    HostileCase("connection-names-host", b"GET /h HTTP/1.1\r\nHost: hostile.test\r\nConnection: Host\r\n\r\n"),
+    HostileCase(
+        "connection-names-x-forwarded-for",
+        b"GET /h HTTP/1.1\r\nHost: hostile.test\r\nConnection: x-forwarded-for\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    ),
+    HostileCase(
+        "connection-names-x-forwarded-proto-second-header",
+        b"GET /h HTTP/1.1\r\nHost: hostile.test\r\nConnection: keep-alive\r\nConnection: X-Forwarded-Proto\r\n\r\n",
+    ),
+    HostileCase("header-count-over-100", b"GET /h HTTP/1.1\r\nHost: hostile.test\r\n" + b"X-A: b\r\n" * 100 + b"\r\n"),
 )
