@@ -32,46 +32,11 @@ HERE = Path(__file__).parent
 ASGI = "_backend_apps:asgi_app"
 WSGI = "_backend_apps:wsgi_app"
 SERVERS: dict[str, list[str]] = {
-    "gunicorn-gthread": [
-        "gunicorn",
-        "-k",
-        "gthread",
-        "--threads",
-        "4",
-        "-w",
-        "1",
-        "--keep-alive",
-        "30",
-        "-b",
-        "{addr}",
-        WSGI,
-    ],
-    "waitress": ["waitress", "--listen={addr}", "--no-clear-untrusted-proxy-headers", WSGI],
-    "uvicorn-h11": [
-        "uvicorn",
-        "--http",
-        "h11",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        ASGI,
-    ],
-    "uvicorn-httptools": [
-        "uvicorn",
-        "--http",
-        "httptools",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        ASGI,
-    ],  # fmt: skip
-    "hypercorn": ["hypercorn", "-b", "{addr}", "--keep-alive", "30", ASGI],
+    "gunicorn-gthread": [*"gunicorn -k gthread --threads 4 -w 1 --keep-alive 30 -b {addr}".split(), WSGI],
+    "waitress": [*"waitress --listen={addr} --no-clear-untrusted-proxy-headers".split(), WSGI],
+    "uvicorn-h11": [*"uvicorn --http h11 --host 127.0.0.1 --port {port} --log-level warning".split(), ASGI],
+    "uvicorn-httptools": [*"uvicorn --http httptools --host 127.0.0.1 --port {port} --log-level warning".split(), ASGI],
+    "hypercorn": [*"hypercorn -b {addr} --keep-alive 30".split(), ASGI],
 }
 START_SECONDS = 20.0
 
