@@ -72,11 +72,13 @@ async def recording_origin() -> AsyncIterator[MakeRecordingOrigin]:
         return server.sockets[0].getsockname()[1], registry
 
     yield make
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    # Connections first: since Python 3.12 ``wait_closed()`` waits for every connection of the server,
+    # and a proxy torn down after this fixture still holds some in its pool.
     for registry in registries:
         for origin in registry:
             if origin.transport is not None:
                 origin.transport.abort()
+    for server in servers:
+        server.close()
+        await server.wait_closed()
     await asyncio.sleep(0)

@@ -9,6 +9,13 @@
 * Hop-by-hop headers (Connection and the headers it names, Keep-Alive, Proxy-Connection, TE, Trailer,
   Transfer-Encoding, Upgrade) stay on their hop; X-Forwarded-For gets the peer appended, X-Forwarded-Proto
   and X-Forwarded-Host are set; Host is forwarded as sent (``rewrite_host=True`` sends the upstream's).
+* A Connection header may not name Content-Length, Transfer-Encoding, Host or a forwarding header (RFC 9110
+  §7.6.1): such a request gets 400, such a response 502, so Connection never removes framing.
+* Request headers with ``_`` in their name are dropped (CGI/WSGI would read ``X_Forwarded_Proto`` as the
+  proxy's own header); ``underscores_in_headers=True`` keeps those that fold onto no header the proxy sets.
+* A request on a pooled connection that closed under it is sent again only if its method is idempotent.
+* 1xx heads are relayed without framing headers, within ``max_header_size`` in all; a status outside 100-599
+  is a 502. The next pipelined request starts only once the client has taken the previous response.
 * Upgrade requests and CONNECT are refused with 501, as are transfer codings other than chunked.
 * An HTTP/1.0 client's request goes upstream as HTTP/1.0 (with keep-alive asked), so the upstream never
   answers it chunked; an upstream that does anyway gets a 502.

@@ -9,6 +9,7 @@ no signal handlers: the CLI does that.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import Any
 
@@ -142,6 +143,9 @@ def _health_target(path: str | None) -> bytes | None:
     return path.encode("ascii")
 
 
+_DETACH_SECONDS = 2.0
+logger = logging.getLogger("fastpipe")
+
 _PROXIES: weakref.WeakKeyDictionary[Any, Proxy] = weakref.WeakKeyDictionary()
 
 
@@ -193,4 +197,11 @@ async def shutdown_proxy(server: asyncio.AbstractServer, grace: float | None = N
     proxy = proxy_of(server)
     server.close()
     await proxy.shutdown(grace)
-    await server.wait_closed()
+    # Every connection was closed or reset above; since Python 3.12 wait_closed() also waits for their
+    # transports to detach, which a loop that delivers connection_lost late must not turn into a hang.
+    try:
+        await asyncio.wait_for(server.wait_closed(), _DETACH_SECONDS)
+    except asyncio.TimeoutError:
+        logging.getLogger("fastpipe").warning(
+            "fastpipe: connections still attached %.1f s after shutdown", _DETACH_SECONDS
+        )

@@ -25,6 +25,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from . import headers as h
 from .exchange import Exchange
 from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPSTREAM_ERROR
+from .writes import writelines_of
 
 if TYPE_CHECKING:
     from .limits import Limits
@@ -108,6 +109,7 @@ class ProxyProtocol(asyncio.Protocol):
         "_timeouts",
         "_transport",
         "_write_paused",
+        "_writelines",
         "deadline",
     )
 
@@ -181,6 +183,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        self._writelines = writelines_of(transport)
         limits = self._limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=limits.write_high_water, low=limits.write_low_water
@@ -642,7 +645,7 @@ class ProxyProtocol(asyncio.Protocol):
             self._transport.write(chunk)
         else:
             self._pending_head = None
-            self._transport.writelines((head, chunk))
+            self._writelines((head, chunk))
 
     def end(self, pipe: Any) -> None:
         exchange = self._active

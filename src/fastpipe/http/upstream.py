@@ -24,6 +24,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpResponsePars
 from .._backend import Pipe
 from . import headers as h
 from .record import TIMEOUT, UPSTREAM_ERROR
+from .writes import writelines_of
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -240,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.body_pending = None
             exchange.body_pending_size = 0
             pending.insert(0, exchange.head)
-            self._transport.writelines(pending)
+            writelines_of(self._transport)(pending)
             exchange.client.upstream_body_flushed()
         else:
             self._transport.write(exchange.head)
