@@ -130,6 +130,7 @@ async def get(port: int, target: bytes, extra: bytes = b"") -> bytes:
 VICTIM = b"Authorization: Bearer victim-secret\r\nCookie: session=victim\r\n"
 
 
+@pytest.mark.both_loops
 @pytest.mark.parametrize(
     "connection",
     [b"keep-alive, Content-Length", b"close, Content-Length", b"Content-Length"],
@@ -190,6 +191,7 @@ async def test_underscores_in_headers_keeps_names_that_fold_onto_no_header_the_p
     assert _header(entry, "http_x_custom", "x_custom") == ([] if wsgi else ["1"])
 
 
+@pytest.mark.both_loops
 async def test_an_early_answer_to_a_large_upload_reaches_the_client(backends: dict[str, Backend]) -> None:
     """gunicorn answers /status/413 without reading the 3 MB body and closes; the client must get the 413."""
     curl = shutil.which("curl")
