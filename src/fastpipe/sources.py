@@ -1,7 +1,12 @@
 """Upstream bodies as Pipes: an aiohttp client response, an httpx streaming response, an asyncio StreamReader.
 
-Each source makes the response (or the given owner) the pipe's owner, so a gateway may drop every other
-reference to it while the body streams, and each settles the connection on every terminal path:
+Each source makes the response the pipe's owner, so a gateway may drop every other reference to it while
+the body streams, and each settles the connection on every terminal path.
+
+The response is not always what must live. In the shape LiteLLM hit, the object whose finalizer closes
+the stream is the per-request *handler* (or the client it made): collect it and the stream dies, however
+well the response is kept. ``owner=`` names such objects (one, or a tuple of several): the pipe retains
+them with the response until the body is over (``pipe.owner`` is then ``(response, *owners)``).
 
 ============================  ==========================================  ===========================
 source                        clean end                                   error or cancel
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._backend import Pipe
 from ._errors import report_callback_error
+from .disconnect import CANCEL, DisconnectPolicy
 
 if TYPE_CHECKING:
     import aiohttp
@@ -43,6 +49,15 @@ def _check_chunk_size(chunk_size: int | None, *, optional: bool) -> None:
         raise ValueError(f"chunk_size must be an int >= 1{' or None' if optional else ''}, got {chunk_size!r}")
 
 
+def _owners(resp: object, owner: object) -> object:
+    """What the pipe retains: the response alone, or the response and every extra owner, in a tuple."""
+    if owner is None:
+        return resp
+    if isinstance(owner, tuple):
+        return (resp, *owner)
+    return (resp, owner)
+
+
 def _chain(pipe: Pipe, on_release: OnRelease | None) -> None:
     if on_release is not None:
         try:
@@ -58,7 +73,9 @@ def from_aiohttp(
     resp: aiohttp.ClientResponse,
     chunk_size: int | None = None,
     *,
+    owner: object = None,
     on_release: OnRelease | None = None,
+    on_disconnect: DisconnectPolicy = CANCEL,
     pipe_type: type[Pipe] = Pipe,
 ) -> Pipe:
     """A Pipe over the body of an aiohttp ``ClientResponse``, which is its owner.
@@ -66,11 +83,13 @@ def from_aiohttp(
     ``chunk_size=None`` passes on what the connection delivered (``readchunk()``: no copy, one HTTP
     chunk at most); an int bounds every chunk to that many bytes (``read(n)``). On a clean end the
     response is released (its connection goes back to the pool); on an error or a cancel it is closed,
-    so a half-read connection is never reused. ``on_release(pipe)`` runs after that.
+    so a half-read connection is never reused. ``on_release(pipe)`` runs after that. ``owner``: more
+    objects to keep alive with the response (the handler or session whose finalizer would close it).
     """
     _check_chunk_size(chunk_size, optional=True)
     body = _AiohttpBody(resp.content, chunk_size)
-    return pipe_type(body, resp, on_release=_AiohttpRelease(resp, on_release))
+    release = _AiohttpRelease(resp, on_release)
+    return pipe_type(body, _owners(resp, owner), on_release=release, on_disconnect=on_disconnect)
 
 
 class _AiohttpBody:
@@ -123,7 +142,9 @@ def from_httpx(
     resp: httpx.Response,
     chunk_size: int | None = None,
     *,
+    owner: object = None,
     on_release: OnRelease | None = None,
+    on_disconnect: DisconnectPolicy = CANCEL,
     pipe_type: type[Pipe] = Pipe,
 ) -> Pipe:
     """A Pipe over the raw body of an httpx streaming response (``client.send(..., stream=True)``).
@@ -132,11 +153,16 @@ def from_httpx(
     ``pipe.aclose()``, the consumer's task being cancelled — so its connection never stays checked out of
     the pool. Only ``pipe.cancel()`` (synchronous) cannot await: then the close is scheduled on the loop.
     ``chunk_size`` re-chunks like ``aiter_raw(chunk_size)``; None passes on what the transport delivered.
+    ``owner``: more objects to keep alive with the response (the handler or client whose finalizer
+    would close it).
     """
     _check_chunk_size(chunk_size, optional=True)
     if resp.is_stream_consumed or resp.is_closed:
         raise ValueError("from_httpx() needs a streaming response whose body was not read or closed")
-    return pipe_type(_HttpxBody(resp, chunk_size), resp, on_release=_HttpxRelease(resp, on_release))
+    release = _HttpxRelease(resp, on_release)
+    return pipe_type(
+        _HttpxBody(resp, chunk_size), _owners(resp, owner), on_release=release, on_disconnect=on_disconnect
+    )
 
 
 class _HttpxBody:
@@ -205,6 +231,7 @@ def from_stream_reader(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     length: int | None = None,
     on_release: OnRelease | None = None,
+    on_disconnect: DisconnectPolicy = CANCEL,
     pipe_type: type[Pipe] = Pipe,
 ) -> Pipe:
     """A Pipe over an ``asyncio.StreamReader``, read in chunks of at most ``chunk_size`` bytes (not lines).
@@ -212,12 +239,13 @@ def from_stream_reader(
     Without ``length`` the body runs to the reader's EOF. With ``length`` it is exactly that many bytes:
     the pipe ends after them (the rest of the stream stays unread) and an EOF before them is an error
     (``asyncio.IncompleteReadError``), never a short body that looks complete. ``owner`` (e.g. the
-    StreamWriter) is retained until the end; close it in ``on_release``.
+    StreamWriter, or a tuple of several objects) is retained until the end; close it in ``on_release``.
     """
     _check_chunk_size(chunk_size, optional=False)
     if length is not None and (type(length) is not int or length < 0):
         raise ValueError(f"length must be an int >= 0 or None, got {length!r}")
-    return pipe_type(_ReaderBody(reader, chunk_size, length), owner, on_release=on_release)
+    body = _ReaderBody(reader, chunk_size, length)
+    return pipe_type(body, owner, on_release=on_release, on_disconnect=on_disconnect)
 
 
 class _ReaderBody:

@@ -301,3 +301,106 @@ async def test_sources_refuse_bad_sizes() -> None:
         from_stream_reader(reader, chunk_size=0)
     with pytest.raises(ValueError, match="length"):
         from_stream_reader(reader, length=-1)
+
+
+# -- owner=: the LiteLLM shape, where the handler's finalizer closes the stream -----------------------------
+
+
+class PerRequestHandler:
+    """The shape LiteLLM hit: a per-request handler makes its own client, and its finalizer closes that
+    client. Nothing the response holds leads back to the handler, so keeping the response is not enough."""
+
+    def __init__(self, library: str) -> None:
+        self.library = library
+        self.client: Any = httpx.AsyncClient() if library == "httpx" else aiohttp.ClientSession()
+        self.loop = asyncio.get_running_loop()
+
+    async def stream(self, url: str, impl: ModuleType, keep_handler: bool) -> Any:
+        owner = self if keep_handler else None
+        if self.library == "httpx":
+            response = await self.client.send(self.client.build_request("GET", url), stream=True)
+            return from_httpx(response, owner=owner, pipe_type=impl.Pipe)
+        return from_aiohttp(await self.client.get(url), owner=owner, pipe_type=impl.Pipe)
+
+    def __del__(self) -> None:
+        close = self.client.aclose() if self.library == "httpx" else self.client.close()
+        task = self.loop.create_task(close)
+        FINALIZER_CLOSES.add(task)
+        task.add_done_callback(FINALIZER_CLOSES.discard)
+
+
+FINALIZER_CLOSES: set[asyncio.Task[None]] = set()
+
+
+async def gateway_stream(url: str, impl: ModuleType, library: str, keep_handler: bool) -> Any:
+    """The gateway hands on the pipe only: the handler that made the request is dropped on return."""
+    return await PerRequestHandler(library).stream(url, impl, keep_handler)
+
+
+async def read_under_forced_gc(pipe: Any) -> tuple[bytes, BaseException | None]:
+    """Read the whole pipe while another task runs ``gc.collect()`` every 5 ms."""
+
+    async def collect() -> None:
+        for _ in range(2000):  # bounded: 10 s at most
+            gc.collect()
+            await asyncio.sleep(0.005)
+
+    collector = asyncio.ensure_future(collect())
+    parts: list[bytes] = []
+    try:
+        async for chunk in pipe:
+            parts.append(bytes(chunk))
+    except Exception as exc:
+        return b"".join(parts), exc
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+    return b"".join(parts), None
+
+
+@pytest.mark.parametrize("library", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("keep_handler", [True, False], ids=["owner=handler", "no-owner"])
+async def test_owner_keeps_a_per_request_handler_alive_under_forced_gc(
+    impl: ModuleType, origin: Origin, library: str, keep_handler: bool
+) -> None:
+    """With ``owner=handler`` the body arrives whole; the negative control (no owner) loses the stream:
+    httpx fails the read, aiohttp leaves it hanging (bounded here: a hang counts as lost)."""
+    url = origin.url("/chunks?n=40&size=2000&delay=0.005")
+    FINALIZER_CLOSES.clear()
+    pipe = await gateway_stream(url, impl, library, keep_handler)
+    try:
+        body, error = await asyncio.wait_for(read_under_forced_gc(pipe), 20 if keep_handler else 3)
+    except asyncio.TimeoutError as exc:
+        body, error = b"", exc
+    await asyncio.gather(*FINALIZER_CLOSES, return_exceptions=True)
+    if keep_handler:
+        assert error is None and body == pattern(40, 2000)
+        assert pipe.state == "closed" and pipe.owner is None
+        gc.collect()
+        await settle()
+        await asyncio.gather(*FINALIZER_CLOSES, return_exceptions=True)  # the handler went after the body
+        return
+    assert error is not None or body != pattern(40, 2000), "negative control: the handler's finalizer should cut it"
+    assert len(body) < 40 * 2000
+    assert pipe.state in ("errored", "cancelled")
+
+
+async def test_owner_may_be_several_objects_and_pipe_owner_shows_them_all(impl: ModuleType, origin: Origin) -> None:
+    handler, client_ref = Owner("handler"), Owner("client")
+    alive = [weakref.ref(handler), weakref.ref(client_ref)]
+    async with httpx.AsyncClient() as client:
+        response = await client.send(client.build_request("GET", origin.url("/chunks?n=3&size=10")), stream=True)
+        pipe = from_httpx(response, owner=(handler, client_ref), pipe_type=impl.Pipe)
+        assert pipe.owner == (response, handler, client_ref)
+        del handler, client_ref, response
+        gc.collect()
+        assert all(ref() is not None for ref in alive)
+        assert b"".join([chunk async for chunk in pipe]) == pattern(3, 10)
+        gc.collect()
+        assert all(ref() is None for ref in alive)
+    async with aiohttp.ClientSession() as session:
+        single = Owner("single")
+        upstream = await session.get(origin.url("/chunks?n=1&size=10"))
+        aio_pipe = from_aiohttp(upstream, owner=single, pipe_type=impl.Pipe)
+        assert aio_pipe.owner == (upstream, single)
+        await aio_pipe.aclose()
