@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 EXTRAS := test,bench,lint,aiohttp,httpx,asgi
 STAMP := $(VENV)/.fastpipe-installed
 
-.PHONY: help dev build test test-py bench bench-proxy bench-proxy-quick bench-proxy-smoke profile-proxy memcheck fuzz soak demo wheel lint typecheck clean
+.PHONY: help dev build test test-matrix test-deploy test-py bench bench-proxy bench-proxy-quick bench-proxy-smoke profile-proxy memcheck fuzz soak demo wheel lint typecheck clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -26,6 +26,12 @@ build: $(STAMP)  ## (re)compile the Cython extension in place after editing _pip
 
 test: dev  ## run the test suite (both Pipe implementations)
 	$(PY) -m pytest
+
+test-matrix: dev  ## the core of the suite on Python 3.10-3.13 (nox, a venv each; a missing interpreter is skipped)
+	$(VENV)/bin/nox --no-error-on-missing-interpreters
+
+test-deploy: dev  ## HAProxy in front of two proxies restarted one at a time, and a SIGKILLed worker (apt-get install haproxy)
+	$(PY) -m pytest tests/deploy -p no:cacheprovider
 
 test-py: dev  ## run the test suite with the pure-Python twin only (FASTPIPE_NO_EXTENSIONS=1)
 	FASTPIPE_NO_EXTENSIONS=1 $(PY) -m pytest

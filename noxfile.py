@@ -1,0 +1,82 @@
+"""The test matrix: the core of the suite on every supported Python this machine has.
+
+    nox                       # `core` on 3.10, 3.11, 3.12 and 3.13; a missing interpreter is skipped, loudly
+    nox -s core-3.12          # one version
+    nox -s core-3.12 -- -k keep_alive     # arguments after -- go to pytest
+
+Each session makes a fresh venv with that interpreter, installs the package with its test extra (which
+compiles the Pipe against that interpreter's headers), checks that the compiled Pipe loaded, and runs the
+Pipe, proxy and adapter tests without the ``slow`` ones. The full suite runs once, on the development
+version, through ``make test``.
+
+Interpreters are looked up on PATH and, where pyenv keeps them, under ``$PYENV_ROOT/versions`` (the newest
+patch release of each minor version), so a pyenv shim that would refuse to run does not hide one. Nox never
+downloads an interpreter here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+CORE = ("tests/pipe", "tests/http", "tests/adapters")
+
+nox.options.sessions = ["core"]
+nox.options.envdir = "build/nox"  # build/ is ignored by git and removed by `make clean`
+nox.options.error_on_missing_interpreters = False
+nox.options.download_python = "never"
+nox.options.default_venv_backend = "venv"
+
+
+def _pyenv_interpreters() -> dict[str, Path]:
+    """minor version -> the newest ``pythonX.Y`` of that minor version that pyenv installed."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    found: dict[str, tuple[tuple[int, ...], Path]] = {}
+    if not root.is_dir():
+        return {}
+    for entry in root.iterdir():
+        match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", entry.name)  # plain CPython releases only
+        if match is None:
+            continue
+        minor = f"{match[1]}.{match[2]}"
+        executable = entry / "bin" / f"python{minor}"
+        release = tuple(int(part) for part in match.groups())
+        if executable.is_file() and (minor not in found or found[minor][0] < release):
+            found[minor] = (release, executable)
+    return {minor: executable for minor, (_, executable) in found.items()}
+
+
+def _announce_interpreters() -> None:
+    """Put pyenv's interpreters first on PATH and say which supported version will run and which will not."""
+    pyenv = _pyenv_interpreters()
+    directories = [str(pyenv[version].parent) for version in PYTHONS if version in pyenv]
+    os.environ["PATH"] = os.pathsep.join([*directories, os.environ.get("PATH", "")])
+    for version in PYTHONS:
+        where = pyenv.get(version)
+        if where is None:
+            found = shutil.which(f"python{version}")
+            where = Path(found) if found and "/shims/" not in found else None
+        shown = str(where) if where is not None else "NOT FOUND - its session will be reported as skipped"
+        print(f"nox matrix: Python {version}: {shown}", file=sys.stderr)
+
+
+_announce_interpreters()
+
+
+@nox.session(python=PYTHONS)
+def core(session: nox.Session) -> None:
+    """The Pipe, proxy and adapter tests (not the slow ones) against the compiled Pipe and the twin."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "-c",
+        "import sys, fastpipe; print('fastpipe: compiled Pipe loaded on', sys.version.split()[0]) "
+        "if fastpipe.EXTENSION else sys.exit('fastpipe: the compiled Pipe did NOT load')",
+    )
+    session.run("python", "-m", "pytest", *CORE, "-m", "not slow", "-q", "-p", "no:cacheprovider", *session.posargs)
