@@ -1,7 +1,12 @@
 """The ``fastpipe`` command (also ``python -m fastpipe``).
 
-fastpipe proxy --upstream http://HOST:PORT --listen HOST:PORT [--workers N] [--access-log] [--stock-loop]
+fastpipe proxy --upstream http://HOST:PORT --listen HOST:PORT [--workers N] [--health-path /healthz]
+               [--shutdown-grace SECONDS] [--access-log] [--stock-loop]
 fastpipe demo [hazard|proxy|all]        (default: all)
+
+The proxy logs to stderr when it listens, when a stop signal (SIGTERM, SIGINT) starts its graceful drain,
+while the drain goes on (once a second), and how it ended: every exchange finished, or those still in
+flight at the grace deadline were cut.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,6 +33,12 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _health_path(text: str) -> str:
+    if not text.startswith("/") or "?" in text or not text.isascii() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"--health-path wants an absolute path like /healthz, got {text!r}")
+    return text
+
+
 def _optional_size(text: str) -> int | None:
     return None if text.lower() in ("none", "0", "") else int(text)
 
@@ -41,6 +53,12 @@ def _proxy_parser(subparsers: Any) -> None:
         "--listen", type=_listen_address, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)"
     )
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument(
+        "--health-path",
+        type=_health_path,
+        metavar="PATH",
+        help="answer GET/HEAD of PATH (e.g. /healthz) without going upstream: 200 while serving, 503 while draining",
+    )
     parser.add_argument("--access-log", action="store_true", help="one line per exchange on stderr")
     parser.add_argument("--stock-loop", action="store_true", help="use asyncio's own loop instead of uvloop")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
@@ -77,8 +95,16 @@ def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _say(text: str) -> None:
+    print(f"fastpipe[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    from .http.proxy import shutdown_proxy, start_proxy
+    from .http.proxy import start_proxy
 
     host, port = args.listen
     server = await start_proxy(
@@ -87,23 +113,64 @@ async def _serve(args: argparse.Namespace) -> int:
         port=port,
         access_log=args.access_log,
         reuse_port=args.reuse_port,
+        health_path=args.health_path,
         **_limit_options(args),
     )
     bound = server.sockets[0].getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    print(f"fastpipe: proxy listening on http://{shown}:{bound[1]} -> {args.upstream}", file=sys.stderr, flush=True)
+    health = f", health {args.health_path}" if args.health_path else ""
+    _say(f"proxy listening on http://{shown}:{bound[1]} -> {args.upstream} (grace {args.shutdown_grace:g} s{health})")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    print("fastpipe: shutting down", file=sys.stderr, flush=True)
-    await shutdown_proxy(server, args.shutdown_grace)
+    await _drain(server, args.shutdown_grace, received[0].name if received else "stop")
     return 0
+
+
+async def _drain(server: asyncio.Server, grace: float, cause: str) -> None:
+    """Graceful shutdown with a log line at each stage: start, progress once a second, and how it ended."""
+    from .http.proxy import proxy_of, shutdown_proxy
+
+    proxy = proxy_of(server)
+    busy = sum(1 for connection in proxy.connections if connection.busy)
+    idle = len(proxy.connections) - busy
+    _say(
+        f"{cause}: shutting down: stopped accepting; draining {_count(busy, 'connection')} with an exchange in "
+        f"flight, closing {idle} idle; grace {grace:g} s"
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    shutdown = asyncio.ensure_future(shutdown_proxy(server, grace))
+    left = busy  # connections still open the last time we looked before the grace deadline
+    report = started + 1.0
+    while not shutdown.done():
+        await asyncio.wait({shutdown}, timeout=0.05)
+        now = loop.time()
+        if now - started < grace:
+            left = len(proxy.connections)
+            if now >= report and left:
+                _say(
+                    f"draining: {_count(left, 'connection')} still in flight after {now - started:.0f} s of {grace:g} s"
+                )
+                report += 1.0
+    await shutdown
+    elapsed = loop.time() - started
+    if elapsed < grace or not left:
+        _say(f"drained: every exchange in flight finished ({elapsed:.2f} s); stopped")
+    else:
+        _say(f"grace deadline: cut {_count(left, 'connection')} still in flight after {grace:g} s; stopped")
 
 
 def _proxy(args: argparse.Namespace, argv: Sequence[str]) -> int:

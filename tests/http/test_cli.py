@@ -262,3 +262,80 @@ def test_demo_proxy_command_runs_and_checks_integrity() -> None:
     assert result.returncode == 0, result.stderr
     assert b"every body arrived whole" in result.stdout
     assert result.stdout.count(b" ok") == 3
+
+
+async def test_cli_health_path_answers_without_the_upstream(cli_processes: list[Cli]) -> None:
+    """--health-path is answered by the proxy itself: 200 even though nothing listens upstream."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]  # closed again: connecting there is refused
+    cli = await _launch("--upstream", f"http://127.0.0.1:{dead_port}", "--health-path", "/healthz")
+    cli_processes.append(cli)
+    async with httpx.AsyncClient(base_url=cli.url) as client:
+        health = await client.get("/healthz?probe=1")
+        proxied = await client.get("/bytes?n=10")
+    assert (health.status_code, health.text) == (200, "ok\n")
+    assert proxied.status_code == 502
+
+
+def test_cli_rejects_a_bad_health_path() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fastpipe", "proxy", "--upstream", "http://127.0.0.1:1", "--health-path", "healthz"],
+        capture_output=True,
+        env=ENV,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert b"--health-path wants an absolute path like /healthz" in result.stderr
+
+
+async def test_cli_logs_each_stage_of_a_drain(origin_url: str, cli_processes: list[Cli]) -> None:
+    """SIGTERM with one stream that outlives the grace and one idle connection: the log says what happened."""
+    cli = await _launch("--upstream", origin_url, "--shutdown-grace", "1.5")
+    cli_processes.append(cli)
+    streaming = await asyncio.open_connection("127.0.0.1", cli.port)
+    idle = await asyncio.open_connection("127.0.0.1", cli.port)
+    try:
+        streaming[1].write(b"GET /tokens?n=100&delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(streaming[0].readuntil(b"data: "), 10)
+        await asyncio.sleep(0.2)  # the idle connection is accepted
+        cli.process.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.run_in_executor(None, cli.process.wait), 15) == 0
+        try:
+            rest = await asyncio.wait_for(streaming[0].read(), 5)
+        except ConnectionResetError:
+            rest = b"(reset)"
+        assert not rest.endswith(b"0\r\n\r\n"), "the stream past the grace must end visibly truncated"
+    finally:
+        for _, writer in (streaming, idle):
+            writer.close()
+    assert cli.process.stderr is not None
+    log = cli.process.stderr.read().decode()
+    assert re.search(
+        r"SIGTERM: shutting down: stopped accepting; draining 1 connection with an exchange in flight, "
+        r"closing 1 idle; grace 1\.5 s",
+        log,
+    ), log
+    assert "draining: 1 connection still in flight after 1 s of 1.5 s" in log, log
+    assert "grace deadline: cut 1 connection still in flight after 1.5 s; stopped" in log, log
+
+
+async def test_cli_logs_a_drain_that_finishes_in_time(origin_url: str, cli_processes: list[Cli]) -> None:
+    cli = await _launch("--upstream", origin_url, "--shutdown-grace", "10")
+    cli_processes.append(cli)
+    reader, writer = await asyncio.open_connection("127.0.0.1", cli.port)
+    try:
+        writer.write(b"GET /tokens?n=10&delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"data: "), 10)
+        cli.process.send_signal(signal.SIGTERM)
+        body = await asyncio.wait_for(reader.read(), 10)
+        assert body.endswith(b"0\r\n\r\n")  # finished whole, then closed
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.run_in_executor(None, cli.process.wait), 15) == 0
+    finally:
+        writer.close()
+    assert cli.process.stderr is not None
+    log = cli.process.stderr.read().decode()
+    assert "draining 1 connection with an exchange in flight, closing 0 idle; grace 10 s" in log, log
+    assert re.search(r"drained: every exchange in flight finished \(0\.\d\d s\); stopped", log), log

@@ -7,6 +7,7 @@ their graceful shutdown (a little longer than the grace) before killing straggle
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -30,8 +31,25 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _say(text: str) -> None:
+    print(f"fastpipe supervisor[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
+
+
 def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: int, grace: float) -> int:
-    """Run ``workers`` copies of ``python -m fastpipe proxy <worker_argv> --listen HOST:PORT --reuse-port``."""
+    """Run ``workers`` copies of ``python -m fastpipe proxy <worker_argv> --listen HOST:PORT --reuse-port``.
+
+    Each worker logs its own start and drain; the supervisor logs each worker it starts, each one that dies
+    (and its replacement), the stop signal, and how every worker ended.
+    """
     reserved = reserve_port(host, port)
     port = reserved.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -48,27 +66,30 @@ def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: in
     slots: list[subprocess.Popen[bytes] | None] = [None] * workers
     started_at = [0.0] * workers
     try:
-        print(f"fastpipe: supervisor {workers} workers on http://{shown}:{port}", file=sys.stderr, flush=True)
+        _say(f"{workers} workers on http://{shown}:{port} (grace {grace:g} s)")
         while not stopping:
             now = time.monotonic()
             for index, process in enumerate(slots):
                 if process is not None and process.poll() is None:
                     continue
                 if process is not None:
-                    print(
-                        f"fastpipe: worker {process.pid} exited with {process.returncode}; restarting",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    wait = max(0.0, RESTART_BACKOFF - (now - started_at[index]))
+                    later = f" in {wait:.1f} s" if wait > 0.05 else ""
+                    _say(f"worker {process.pid} {_describe_exit(process.returncode)}; starting a replacement{later}")
                     slots[index] = None
-                if now - started_at[index] >= RESTART_BACKOFF:
-                    slots[index] = subprocess.Popen(command)
+                if now - started_at[index] >= RESTART_BACKOFF and not stopping:
+                    worker = slots[index] = subprocess.Popen(command)
                     started_at[index] = now
+                    _say(f"worker {worker.pid} started (slot {index + 1} of {workers})")
             time.sleep(0.1)
         forwarded = signal.SIGTERM if received and received[0] == signal.SIGTERM else signal.SIGINT
-        for process in slots:
-            if process is not None and process.poll() is None:
-                process.send_signal(forwarded)
+        running = [process for process in slots if process is not None and process.poll() is None]
+        _say(
+            f"{signal.Signals(received[0]).name if received else 'stop signal'}: "
+            f"draining {len(running)} workers (grace {grace:g} s)"
+        )
+        for process in running:
+            process.send_signal(forwarded)
         deadline = time.monotonic() + grace + 5.0
         for process in slots:
             if process is None:
@@ -78,6 +99,10 @@ def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: in
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+                _say(f"worker {process.pid} still ran {grace + 5.0:g} s after the stop signal: killed")
+            else:
+                _say(f"worker {process.pid} {_describe_exit(process.returncode)}")
+        _say("stopped")
         return 0
     finally:
         reserved.close()
