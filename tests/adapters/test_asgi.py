@@ -6,6 +6,7 @@ mid-body. The owner of an idle upstream body must be released within a second of
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import time
@@ -21,6 +22,7 @@ from fastapi import BackgroundTasks, FastAPI
 from fastpipe.asgi import PipeResponse
 from fastpipe.sources import from_aiohttp
 from fastpipe.sse import Event, EventTap
+from fastpipe.disconnect import CANCEL
 from fastpipe.tee import DisconnectPolicy
 
 from ._support import (
@@ -332,3 +334,51 @@ async def test_pipe_response_refuses_a_websocket_scope(impl: ModuleType) -> None
     with pytest.raises(RuntimeError, match="HTTP requests"):
         await PipeResponse(pipe)({"type": "websocket"}, receive, send)
     assert sent == [] and pipe.state == "cancelled"
+
+
+# -- a handler that raises after tee(): the upstream must not stay checked out -------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize("policy", ["drain", "cancel"])
+async def test_a_handler_raising_after_tee_releases_the_upstream_within_the_bounds(
+    impl: ModuleType, origin: Origin, policy: str
+) -> None:
+    """FastAPI + httpx + tee, and the handler fails before its response starts. The primary is never
+    served: under ``drain`` the upstream is released at the drain's timeout, under ``cancel`` as soon as
+    the primary is collected; the usage branch learns why it was cut."""
+    from fastpipe.sources import from_httpx
+    from fastpipe.tee import tee
+
+    app = FastAPI()
+    sides: list[Any] = []
+    drain = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.5)
+    async with httpx.AsyncClient() as client:
+
+        async def read_side(side: Any) -> None:
+            async for _chunk in side:
+                pass
+
+        @app.get("/")
+        async def route() -> PipeResponse:
+            upstream = await client.send(client.build_request("GET", origin.url("/sse?n=3&then=hang")), stream=True)
+            pipe = from_httpx(upstream, pipe_type=impl.Pipe, on_disconnect=drain if policy == "drain" else CANCEL)
+            to_client, to_billing = tee(pipe, 2)
+            sides.append(to_billing)
+            task = asyncio.ensure_future(read_side(to_billing))
+            task.add_done_callback(lambda t: t.exception())
+            raise RuntimeError("the handler failed before its response started")
+
+        async with asgi_server("uvicorn-httptools", app) as port, httpx.AsyncClient() as gateway_client:
+            response = await gateway_client.get(f"http://127.0.0.1:{port}/")
+            assert response.status_code == 500
+            failed_at = time.monotonic()
+            for _ in range(100):  # bounded: 2 s
+                gc.collect()
+                if origin.exchanges and origin.exchanges[0].outcome != "streaming":
+                    break
+                await asyncio.sleep(0.02)
+            released_after = time.monotonic() - failed_at
+    assert origin.exchanges[0].outcome == "client-gone", "the upstream stayed checked out for a response never sent"
+    assert released_after < (1.5 if policy == "drain" else 0.5)
+    assert sides[0].end_reason == ("drain-cut-timeout" if policy == "drain" else "client-gone")

@@ -374,3 +374,114 @@ def test_disconnect_policy_validates_its_bounds() -> None:
             DisconnectPolicy.drain(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'cancel' or 'drain'"):
         DisconnectPolicy("wait")  # type: ignore[arg-type]
+
+
+# -- the bounds hold from the moment the tee exists ----------------------------------------------------------
+
+
+async def test_a_primary_never_served_under_a_drain_is_cut_at_the_time_bound(impl: ModuleType) -> None:
+    """The handler never returned the primary's response, yet keeps it referenced: at the drain's timeout
+    after tee() the source is released, and the primary, if pulled at last, says it was cut."""
+    releases = Releases()
+    source = impl.Pipe(chunks(3, 10, then="hang"), Owner(), on_release=releases)
+    created_at = time.monotonic()
+    primary, side = tee(source, 2, on_disconnect=DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.2))
+    got, error = await asyncio.wait_for(drain_outcome(side), 3)
+    state, released_at = await releases.wait(1)
+    assert isinstance(error, SourceCancelled) and "time bound" in str(error)
+    assert got == [], "nothing may be read for a client that never asked"
+    assert state == "cancelled" and 0.15 <= released_at - created_at < 1.0
+    assert side.end_reason == "drain-cut-timeout" and source.end_reason == "drain-cut-timeout"
+    with pytest.raises(SourceCancelled):
+        await primary.__anext__()
+    assert primary.end_reason == "drain-cut-timeout"
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_primary_dropped_unserved_counts_as_a_client_that_left_cancel(impl: ModuleType) -> None:
+    releases = Releases()
+    source = impl.Pipe(chunks(3, 10, then="hang"), Owner(), on_release=releases)
+    primary, side = tee(source, 2)
+    side_reader = asyncio.ensure_future(drain_outcome(side))
+    await settle()
+    del primary  # the handler raised before its response started: nobody holds the primary any more
+    gc.collect()
+    state, _ = await releases.wait(1)
+    got, error = await asyncio.wait_for(side_reader, 1)
+    assert state == "cancelled" and got == []
+    assert isinstance(error, SourceCancelled)
+    assert side.end_reason == "client-gone" and source.end_reason == "client-gone"
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_primary_dropped_unserved_drains_within_the_bounds_counted_from_tee(impl: ModuleType) -> None:
+    """A small stream still reaches the usage branch after the primary was dropped, and says so: drained."""
+    source = impl.Pipe(chunks(5, 100), Owner())
+    primary, usage = tee(source, 2, on_disconnect=DisconnectPolicy.drain(max_bytes=10_000, timeout=5))
+    del primary
+    gc.collect()
+    got = await asyncio.wait_for(drain(usage), 2)
+    assert got == [piece(i, 100) for i in range(5)]
+    assert usage.end_reason == "drained" and source.end_reason == "drained"
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_primary_dropped_unserved_drain_stops_at_the_byte_bound(impl: ModuleType) -> None:
+    source = impl.Pipe(chunks(1000, 100), Owner())
+    primary, usage = tee(source, 2, on_disconnect=DisconnectPolicy.drain(max_bytes=1000, timeout=5))
+    del primary
+    gc.collect()
+    got, error = await asyncio.wait_for(drain_outcome(usage), 2)
+    assert isinstance(error, SourceCancelled) and "byte bound" in str(error)
+    assert sum(len(chunk) for chunk in got) <= 1000
+    assert usage.end_reason == "drain-cut-max-bytes" and source.end_reason == "drain-cut-max-bytes"
+
+
+async def test_the_time_bound_from_birth_stops_once_the_primary_is_served(impl: ModuleType) -> None:
+    primary, side = tee(
+        impl.Pipe(chunks(20, 10, delay=0.02)), 2, on_disconnect=DisconnectPolicy.drain(max_bytes=1 << 20, timeout=0.1)
+    )
+    results = await asyncio.gather(drain(primary), drain(side))
+    assert [len(result) for result in results] == [20, 20], "a served primary must not be cut by the birth clock"
+    assert primary.end_reason == side.end_reason == "complete"
+
+
+# -- how each branch ended ---------------------------------------------------------------------------------
+
+
+async def test_branch_end_reasons_tell_client_gone_drained_and_detached(impl: ModuleType) -> None:
+    # The primary left under cancel: the secondary was cut because its client went.
+    primary, side = tee(impl.Pipe(chunks(3, 10, then="hang")), 2)
+    side_reader = asyncio.ensure_future(drain_outcome(side))
+    await primary.__anext__()
+    primary.cancel("client-gone")
+    await asyncio.wait_for(side_reader, 1)
+    assert (primary.end_reason, side.end_reason) == ("client-gone", "client-gone")
+    # The primary left under drain and the upstream ended: drained.
+    primary, side = tee(impl.Pipe(chunks(5, 10)), 2, on_disconnect=DisconnectPolicy.drain(max_bytes=1000, timeout=5))
+    side_reader = asyncio.ensure_future(drain(side))
+    await primary.__anext__()
+    await primary.aclose("client-gone")
+    assert len(await asyncio.wait_for(side_reader, 1)) == 5
+    assert side.end_reason == "drained"
+    # A secondary nobody reads falls behind: detached, while the primary completes.
+    primary, idle = tee(impl.Pipe(chunks(50, 100)), 2, max_buffer=500)
+    assert len(await drain(primary)) == 50
+    await drain_outcome(idle)
+    assert (primary.end_reason, idle.end_reason) == ("complete", "detached")
+    # An upstream error is one for every branch.
+    primary, side = tee(impl.Pipe(chunks(2, 10, then="fail")), 2)
+    await asyncio.gather(drain_outcome(primary), drain_outcome(side))
+    assert (primary.end_reason, side.end_reason) == ("upstream-error", "upstream-error")
+
+
+async def test_the_tee_takes_the_policy_of_the_pipe_it_splits(impl: ModuleType) -> None:
+    policy = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=5)
+    source = impl.Pipe(chunks(5, 10), on_disconnect=policy)
+    primary, usage = tee(source, 2)
+    assert primary.on_disconnect.mode == "cancel", "a sink serving the primary cancels it; the tee drains"
+    usage_reader = asyncio.ensure_future(drain(usage))
+    await primary.__anext__()
+    await primary.aclose()
+    assert len(await asyncio.wait_for(usage_reader, 2)) == 5
+    assert usage.end_reason == "drained"
