@@ -20,9 +20,9 @@ import pytest
 from fastapi import BackgroundTasks, FastAPI
 
 from fastpipe.asgi import PipeResponse
+from fastpipe.disconnect import CANCEL
 from fastpipe.sources import from_aiohttp
 from fastpipe.sse import Event, EventTap
-from fastpipe.disconnect import CANCEL
 from fastpipe.tee import DisconnectPolicy
 
 from ._support import (
