@@ -363,7 +363,7 @@ async def test_a_handler_raising_after_tee_releases_the_upstream_within_the_boun
         async def route() -> PipeResponse:
             upstream = await client.send(client.build_request("GET", origin.url("/sse?n=3&then=hang")), stream=True)
             pipe = from_httpx(upstream, pipe_type=impl.Pipe, on_disconnect=drain if policy == "drain" else CANCEL)
-            to_client, to_billing = tee(pipe, 2)
+            _to_client, to_billing = tee(pipe, 2)  # the handler fails before serving _to_client
             sides.append(to_billing)
             task = asyncio.ensure_future(read_side(to_billing))
             task.add_done_callback(lambda t: t.exception())
