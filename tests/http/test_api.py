@@ -7,9 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from fastpipe.http import Limits, ProxyProtocol, shutdown_proxy, start_proxy
+from fastpipe.http import Limits, Proxy, shutdown_proxy, start_proxy
 from fastpipe.http.demo import run_demo
-from fastpipe.http.upstream import parse_upstream
+from fastpipe.http.proxy import parse_upstream
 
 
 def test_limits_have_documented_defaults() -> None:
@@ -64,7 +64,7 @@ async def test_start_proxy_refuses_unknown_options(origin_port: int) -> None:
 
 
 async def test_protocol_factory_served_with_create_server(origin_port: int) -> None:
-    factory = ProxyProtocol.factory(f"http://127.0.0.1:{origin_port}", idle_timeout=5)
+    factory = Proxy(f"http://127.0.0.1:{origin_port}", limits=Limits(idle_timeout=5))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -1,7 +1,7 @@
 """fastpipe's HTTP/1.1 reverse proxy on uvloop and httptools, serving response bodies through Pipes.
 
 ``await start_proxy("http://127.0.0.1:8000", port=8080, **limits)`` serves it in the running loop;
-``ProxyProtocol.factory(upstream, **limits)`` gives the protocol factory for your own ``create_server``;
+``Proxy(upstream, limits=Limits(...))`` is the protocol factory for your own ``create_server``;
 :class:`Limits` documents every limit and timeout. Documented behaviour beyond plain relaying:
 
 * Every response body is a pushed :class:`fastpipe.Pipe` whose owner is the upstream exchange; a complete

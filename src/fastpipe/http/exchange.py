@@ -1,19 +1,83 @@
-"""One request and its response: the owner of the response body's Pipe.
+"""One request and its response: the owner of the response body's Pipe, and the two sides that serve it.
 
 An exchange is made when a request starts arriving and lives until its response has ended. Its Pipe
 holds it as owner, so the upstream connection and the response head it refers to stay reachable for as
 long as the body streams, however the client side drops its own references.
+
+Two objects serve an exchange and call each other through it: the client side (the protocol of the
+client's connection, ``server.ProxyProtocol``) and the upstream side (one pooled connection to the
+origin, ``upstream.UpstreamConnection``). Each is declared here as the interface the other relies on, so
+neither module imports the other.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .server import ProxyProtocol
-    from .upstream import UpstreamConnection
+__all__ = ("BodyPipe", "ClientSide", "Exchange", "UpstreamSide")
 
-__all__ = ("Exchange",)
+
+class BodyPipe(Protocol):
+    """The push face of :class:`fastpipe.Pipe` that carries a response body (see docs/architecture.md)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def chunks(self) -> int: ...
+    def feed(self, chunk: Any) -> bool: ...
+    def feed_eof(self) -> None: ...
+    def feed_error(self, exc: BaseException) -> None: ...
+    def connect(self, sink: Any) -> None: ...
+    def pause_producing(self) -> None: ...
+    def resume_producing(self) -> None: ...
+    def cancel(self) -> None: ...
+
+
+class UpstreamSide(Protocol):
+    """What the client side asks of the upstream connection serving its exchange."""
+
+    def send(self, piece: bytes) -> None:
+        """Write one piece of request body, framed for this hop."""
+
+    def pause_reading(self) -> None:
+        """Stop reading responses (the client is not taking the interim heads relayed to it)."""
+
+    def resume_reading(self) -> None: ...
+
+    def abandon(self) -> None:
+        """Give up on the connection mid-exchange: it closes and reports nothing more."""
+
+
+class ClientSide(Protocol):
+    """What the upstream side tells the client side about an exchange, in the order it can happen."""
+
+    def upstream_write_paused(self) -> None:
+        """The upstream's write buffer is over its high-water mark: stop reading the request body."""
+
+    def upstream_write_resumed(self) -> None: ...
+
+    def upstream_body_flushed(self) -> None:
+        """The request body buffered before the connection was ready has been written."""
+
+    def write_interim(self, head: bytes) -> None:
+        """Relay a 1xx head at once."""
+
+    def start_response(self, exchange: Exchange, pipe: BodyPipe, parts: list[bytes], close_delimited: bool) -> None:
+        """The final response head arrived: ``parts`` is its start line and headers, less the closing CRLF."""
+
+    def flush_head(self, exchange: Exchange) -> None:
+        """Send a response head that no body chunk carried out."""
+
+    def upstream_ready(self, exchange: Exchange, connection: Any) -> None:
+        """A new upstream connection for ``exchange`` is open: ``connection.begin(exchange)`` or release it."""
+
+    def upstream_lost(self, exchange: Exchange, connection: Any) -> None:
+        """The connection closed before any response head (``connection.reused``/``.got_bytes`` say how)."""
+
+    def upstream_unavailable(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
+        """No response head will come: answer ``status`` on the proxy's behalf."""
 
 
 class Exchange:
@@ -55,7 +119,7 @@ class Exchange:
         "xff",
     )
 
-    def __init__(self, client: ProxyProtocol) -> None:
+    def __init__(self, client: ClientSide) -> None:
         self.client = client
         # request head, filled by the client parser's callbacks
         self.parts: list[bytes] | None = [b""]  # parts[0] becomes the request line
@@ -82,10 +146,10 @@ class Exchange:
         self.request_chunks = 0
         self.request_done = False
         # upstream side
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: UpstreamSide | None = None
         self.retried = False
         self.upstream_status: int | None = None
-        self.pipe: Any = None
+        self.pipe: BodyPipe | None = None
         # response to the client
         self.status: int | None = None
         self.client_keep_alive = True

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from .deadlines import DeadlineSweep
 from .exchange import Exchange
 from .limits import Limits
 from .record import ExchangeHook, ExchangeRecord, access_logger, format_access_line
 from .server import ProxyProtocol
-from .upstream import UpstreamAddress, UpstreamPool, parse_upstream
+from .upstream import UpstreamPool
 
 __all__ = ("Proxy", "proxy_of", "shutdown_proxy", "start_proxy")
 
@@ -64,7 +66,7 @@ class Proxy:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self._pool = UpstreamPool(self.address, self.limits, loop)
+            self._pool = UpstreamPool(self.address.host, self.address.port, self.limits, loop)
             self._sweep = DeadlineSweep(loop, self.limits.shortest_timeout)
         return loop
 
@@ -141,6 +143,34 @@ def _health_target(path: str | None) -> bytes | None:
     if not isinstance(path, str) or not path.startswith("/") or "?" in path or not path.isascii() or " " in path:
         raise ValueError(f"health_path must be an absolute path like '/healthz', got {path!r}")
     return path.encode("ascii")
+
+
+@dataclass(frozen=True)
+class UpstreamAddress:
+    host: str
+    port: int
+    host_header: bytes  # the upstream's own ``host[:port]``, for rewrite_host and HTTP/1.0 clients
+
+
+def parse_upstream(url: str) -> UpstreamAddress:
+    """``http://HOST:PORT`` (or ``HOST:PORT``) → address; other schemes or a path are errors."""
+    if not isinstance(url, str):
+        raise TypeError(f"upstream must be a str like 'http://127.0.0.1:8000', got {type(url).__name__}")
+    parts = urlsplit(url if "//" in url else f"http://{url}")
+    if parts.scheme != "http":
+        raise ValueError(f"upstream {url!r}: only http:// upstreams are supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"upstream {url!r}: a path prefix is not supported, give http://HOST:PORT")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ValueError(f"upstream {url!r}: {exc}") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"upstream {url!r}: no host")
+    shown = f"[{host}]" if ":" in host else host
+    header = shown if port == 80 else f"{shown}:{port}"
+    return UpstreamAddress(host, port, header.encode("idna"))
 
 
 _DETACH_SECONDS = 2.0

@@ -18,20 +18,18 @@ import socket
 import struct
 from collections import deque
 from time import monotonic as _now
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
 
 from . import headers as h
-from .exchange import Exchange
+from .exchange import BodyPipe, Exchange
 from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPSTREAM_ERROR
 from .writes import writelines_of
 
 if TYPE_CHECKING:
     from .limits import Limits
-    from .proxy import Proxy
-    from .record import ExchangeHook
-    from .upstream import UpstreamConnection
+    from .upstream import UpstreamConnection, UpstreamPool
 
 __all__ = ("ProxyProtocol",)
 
@@ -56,6 +54,33 @@ LINGER_SECONDS = 1.0
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends a reset
 
 
+class ProxyContext(Protocol):
+    """What the client connections of one proxy share; :class:`~fastpipe.http.proxy.Proxy` is the one."""
+
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def pool(self) -> UpstreamPool: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def recording(self) -> bool:
+        """Whether finished exchanges are recorded (a hook or the access log wants them)."""
+
+    @property
+    def host_line(self) -> bytes:
+        """``Host: <upstream>\\r\\n``, for rewrite_host and HTTP/1.0 requests without Host."""
+
+    @property
+    def health_path(self) -> bytes | None: ...
+
+    def register(self, connection: ProxyProtocol) -> None: ...
+    def unregister(self, connection: ProxyProtocol) -> None: ...
+    def record(self, exchange: Exchange, reason: str, now: float, client: str, pipe: Any) -> None: ...
+
+
 class _Reject(Exception):
     """Raised in a parser callback: answer ``status`` and close."""
 
@@ -73,9 +98,9 @@ class ProxyProtocol(asyncio.Protocol):
     """The protocol of one client connection of a reverse proxy.
 
     Made by a :class:`~fastpipe.http.proxy.Proxy`, which holds what connections share (limits, the upstream
-    pool, the deadline sweep). To serve it yourself::
+    pool, the deadline sweep) and is the protocol factory. To serve it yourself::
 
-        factory = ProxyProtocol.factory("http://127.0.0.1:8000", max_body_size=10_000_000)
+        factory = Proxy("http://127.0.0.1:8000", limits=Limits(max_body_size=10_000_000))
         server = await loop.create_server(factory, "127.0.0.1", 8080)
     """
 
@@ -113,7 +138,7 @@ class ProxyProtocol(asyncio.Protocol):
         "deadline",
     )
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: ProxyContext) -> None:
         self._proxy = proxy
         self._limits: Limits = proxy.limits
         self._max_body = proxy.limits.max_body_size
@@ -153,28 +178,6 @@ class ProxyProtocol(asyncio.Protocol):
         self._stage_deadline = 0.0
         self._deadline_kind = _NO_DEADLINE
         self._send_deadline = 0.0  # armed while the client is not taking what is written to it
-
-    @classmethod
-    def factory(
-        cls,
-        upstream: str,
-        *,
-        on_exchange: ExchangeHook | None = None,
-        access_log: bool = False,
-        health_path: str | None = None,
-        **limits: Any,
-    ) -> Proxy:
-        """A protocol factory for ``loop.create_server``: one shared pool and set of limits."""
-        from .limits import Limits
-        from .proxy import Proxy
-
-        return Proxy(
-            upstream,
-            limits=Limits.from_options(limits),
-            on_exchange=on_exchange,
-            access_log=access_log,
-            health_path=health_path,
-        )
 
     def __repr__(self) -> str:
         return f"<ProxyProtocol peer={self._peer} active={self._active!r}>"
@@ -647,7 +650,7 @@ class ProxyProtocol(asyncio.Protocol):
             self._pending_head = None
             self._writelines((head, chunk))
 
-    def end(self, pipe: Any) -> None:
+    def end(self, pipe: BodyPipe) -> None:
         exchange = self._active
         if exchange is None or exchange.pipe is not pipe:
             return

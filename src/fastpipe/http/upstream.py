@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Union
-from urllib.parse import urlsplit
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
@@ -27,25 +26,30 @@ from .record import TIMEOUT, UPSTREAM_ERROR
 from .writes import writelines_of
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
+    from .exchange import BodyPipe, Exchange
     from .limits import Limits
 
 __all__ = (
     "CopyingUpstreamConnection",
-    "UpstreamAddress",
+    "Reading",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamPool",
-    "parse_upstream",
 )
 
-# What the connection is reading.
-HEAD = 0  # (the rest of) a response head
-LENGTH = 1  # a Content-Length body, passed through
-CHUNKED = 2  # a chunked body, passed through as chunked
-EMPTY = 3  # nothing: HEAD request, 204, 304
-UNTIL_CLOSE = 4  # a body that ends when the upstream closes, passed raw to a client that learns the end the same way
-ENCODE = 5  # a body that ends when the upstream closes, re-framed as chunked for an HTTP/1.1 client
+
+class Reading(IntEnum):
+    """What the connection is reading; the response head decides the body's mode."""
+
+    HEAD = 0  # (the rest of) a response head
+    LENGTH = 1  # a Content-Length body, passed through
+    CHUNKED = 2  # a chunked body, passed through as chunked
+    EMPTY = 3  # nothing: HEAD request, 204, 304
+    UNTIL_CLOSE = 4  # a body that ends when the upstream closes, passed raw to a client that learns the end so too
+    ENCODE = 5  # a body that ends when the upstream closes, re-framed as chunked for an HTTP/1.1 client
+
+
+HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE = Reading
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
@@ -61,34 +65,6 @@ class _BadResponse(Exception):
 
 class _ExtraBytes(Exception):
     """Raised inside a parser callback when bytes follow a complete response."""
-
-
-@dataclass(frozen=True)
-class UpstreamAddress:
-    host: str
-    port: int
-    host_header: bytes  # the upstream's own ``host[:port]``, for rewrite_host and HTTP/1.0 clients
-
-
-def parse_upstream(url: str) -> UpstreamAddress:
-    """``http://HOST:PORT`` (or ``HOST:PORT``) → address; other schemes or a path are errors."""
-    if not isinstance(url, str):
-        raise TypeError(f"upstream must be a str like 'http://127.0.0.1:8000', got {type(url).__name__}")
-    parts = urlsplit(url if "//" in url else f"http://{url}")
-    if parts.scheme != "http":
-        raise ValueError(f"upstream {url!r}: only http:// upstreams are supported")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"upstream {url!r}: a path prefix is not supported, give http://HOST:PORT")
-    try:
-        port = parts.port or 80
-    except ValueError as exc:
-        raise ValueError(f"upstream {url!r}: {exc}") from None
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"upstream {url!r}: no host")
-    shown = f"[{host}]" if ":" in host else host
-    header = shown if port == 80 else f"{shown}:{port}"
-    return UpstreamAddress(host, port, header.encode("idna"))
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -108,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_mode",
         "_parser",
         "_parts",
+        "_pipe",
         "_pool",
         "_released_callback",
         "_remaining",
@@ -127,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = HttpResponseParser(self)
         self._transport: Any = None
         self._exchange: Exchange | None = None
+        self._pipe: BodyPipe | None = None  # the body being read (the exchange's pipe, cached)
         self._mode = HEAD
         self._head_buf = b""
         self._scan = 0
@@ -171,7 +149,8 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         self._exchange = None
-        pipe = exchange.pipe
+        pipe = self._pipe
+        self._pipe = None
         if pipe is None:
             exchange.upstream = None
             exchange.client.upstream_lost(exchange, self)
@@ -179,15 +158,16 @@ class UpstreamConnection(asyncio.Protocol):
             pipe.feed_error(exc or UpstreamError("the upstream closed the connection mid-body"))
 
     def eof_received(self) -> bool | None:
-        exchange = self._exchange
+        pipe = self._pipe
         mode = self._mode
-        if exchange is not None and (mode == UNTIL_CLOSE or mode == ENCODE):
+        if pipe is not None and (mode == UNTIL_CLOSE or mode == ENCODE):
             # The one framing where a close is the clean end of the body.
             self._exchange = None
+            self._pipe = None
             self._reusable = False
             if mode == ENCODE:
-                exchange.pipe.feed(_LAST_CHUNK)
-            exchange.pipe.feed_eof()
+                pipe.feed(_LAST_CHUNK)
+            pipe.feed_eof()
         return None
 
     def pause_writing(self) -> None:
@@ -209,15 +189,14 @@ class UpstreamConnection(asyncio.Protocol):
             remaining = self._remaining - len(data)
             if remaining > 0:
                 self._remaining = remaining
-                self._exchange.pipe.feed(data)  # type: ignore[union-attr]
+                self._pipe.feed(data)  # type: ignore[union-attr]
                 return
-            self._finish_length(data)
-        elif mode == CHUNKED:
-            self._chunked_piece(data)
         elif mode == HEAD:
             self._head_piece(data)
-        else:
-            self._body_piece(data)
+            return
+        elif mode == CHUNKED and not self._feed_parser(data):
+            return  # the parser tracks where a chunked body ends; a failure is already reported
+        self._body_piece(data)
 
     # -- writing the request ---------------------------------------------------------------------------
 
@@ -401,7 +380,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._body_unwanted = True
         exchange.upstream_status = status
         pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
-        exchange.pipe = pipe
+        exchange.pipe = self._pipe = pipe
         self._mode = mode
         exchange.client.start_response(exchange, pipe, parts, close_delimited)
 
@@ -458,18 +437,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             # A big first read: a view of the socket's bytes, not a copy (fresh large copies cost page faults).
             piece = memoryview(buf)[scan:]
-        if self._mode == LENGTH:
-            remaining = self._remaining - len(piece)
-            if remaining > 0:
-                self._remaining = remaining
-                if piece:
-                    exchange.pipe.feed(piece)
-            else:
-                self._finish_length(piece)
-        elif self._mode == CHUNKED:
-            self._chunked_done_or_feed(piece)
-        else:
-            self._body_piece(piece)
+        self._body_piece(piece)
         exchange.client.flush_head(exchange)
 
     def _head_unfinished(self) -> None:
@@ -482,49 +450,47 @@ class UpstreamConnection(asyncio.Protocol):
         if len(self._head_buf) > self._pool.limits.max_header_size:
             self._fail("upstream response head too large")
 
-    def _finish_length(self, piece: bytes) -> None:
-        remaining = self._remaining
-        if len(piece) > remaining:
-            piece = piece[:remaining]
-            self._desync = True
-        if piece:
-            self._exchange.pipe.feed(piece)  # type: ignore[union-attr]
-        self._complete()
-
-    def _chunked_piece(self, data: bytes) -> None:
-        if self._feed_parser(data):
-            self._chunked_done_or_feed(data)
-
-    def _chunked_done_or_feed(self, piece: bytes) -> None:
-        exchange = self._exchange
-        assert exchange is not None
-        if not self._message_done:
-            if piece:
-                exchange.pipe.feed(piece)
-            return
-        if self._desync:
-            # Bytes follow the last chunk inside this piece and the parser cannot say where it ended.
-            self._fail("bytes after the end of a chunked response")
-            return
-        exchange.pipe.feed(piece)
-        self._complete()
-
-    def _body_piece(self, piece: bytes) -> None:
-        exchange = self._exchange
-        if exchange is None:
-            self.close()
+    def _body_piece(self, piece: Any) -> None:
+        """The one dispatcher of response body bytes, by the mode the head chose (for a chunked body,
+        the parser has already seen ``piece``): pass on, count, re-frame, or end the message."""
+        pipe = self._pipe
+        if pipe is None:
+            self.close()  # nothing is being read: an idle connection must stay silent
             return
         mode = self._mode
-        if mode == EMPTY:
+        if mode == LENGTH:
+            remaining = self._remaining - len(piece)
+            if remaining > 0:
+                self._remaining = remaining
+                if piece:
+                    pipe.feed(piece)
+                return
+            if remaining < 0:
+                piece = piece[: self._remaining]
+                self._desync = True
+            if piece:
+                pipe.feed(piece)
+            self._complete()
+        elif mode == CHUNKED:
+            if not self._message_done:
+                if piece:
+                    pipe.feed(piece)
+            elif self._desync:
+                # Bytes follow the last chunk inside this piece and the parser cannot say where it ended.
+                self._fail("bytes after the end of a chunked response")
+            else:
+                pipe.feed(piece)
+                self._complete()
+        elif mode == EMPTY:
             if piece:
                 self._desync = True
             self._complete()
         elif not piece:
             return
         elif mode == UNTIL_CLOSE:
-            exchange.pipe.feed(piece)
+            pipe.feed(piece)
         else:  # ENCODE
-            exchange.pipe.feed(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            pipe.feed(b"%x\r\n" % len(piece) + piece + b"\r\n")
 
     def _complete(self) -> None:
         """The response message is over: let the Pipe end; its release decides the connection's fate."""
@@ -538,15 +504,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._exchange = None
         self._drop_spare()
         self._mode = HEAD
-        exchange.pipe.feed_eof()
+        pipe = self._pipe
+        self._pipe = None
+        assert pipe is not None
+        pipe.feed_eof()
 
     def _fail(self, detail: str) -> None:
         exchange = self._exchange
-        self._exchange = None
+        pipe = self._pipe
+        self._exchange = self._pipe = None
         self.close()
         if exchange is None:
             return
-        pipe = exchange.pipe
         if pipe is None:
             exchange.upstream = None
             exchange.client.upstream_unavailable(exchange, 502, UPSTREAM_ERROR, detail)
@@ -559,9 +528,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._reusable = False
             self._pool.release(self)
             return
-        exchange = self._exchange
-        if exchange is not None and exchange.pipe is pipe:
-            self._exchange = None
+        if self._pipe is pipe:
+            self._exchange = self._pipe = None
         self.close()
 
 
@@ -588,13 +556,14 @@ class CopyingUpstreamConnection(UpstreamConnection):
         if self._message_done or self._mode == EMPTY:
             # on_body gave the exact payload, so bytes after the message only cost the connection.
             if self._mode == CHUNKED:
-                exchange.pipe.feed(_LAST_CHUNK)
+                self._pipe.feed(_LAST_CHUNK)  # type: ignore[union-attr]
             self._complete()
         exchange.client.flush_head(exchange)
 
     def on_body(self, body: bytes) -> None:
         mode = self._mode
-        pipe = self._exchange.pipe  # type: ignore[union-attr]
+        pipe = self._pipe
+        assert pipe is not None
         if mode == LENGTH or mode == UNTIL_CLOSE:
             pipe.feed(body)
         elif mode == CHUNKED or mode == ENCODE:
@@ -604,10 +573,11 @@ class CopyingUpstreamConnection(UpstreamConnection):
 class UpstreamPool:
     """Idle keep-alive connections to one upstream, most recently used first."""
 
-    __slots__ = ("_all", "_connecting", "_factory", "_idle", "address", "closing", "limits", "loop")
+    __slots__ = ("_all", "_connecting", "_factory", "_idle", "closing", "host", "limits", "loop", "port")
 
-    def __init__(self, address: UpstreamAddress, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
-        self.address = address
+    def __init__(self, host: str, port: int, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.host = host
+        self.port = port
         self.limits = limits
         self.loop = loop
         self._factory: Union[type[UpstreamConnection], type[CopyingUpstreamConnection]] = (
@@ -664,7 +634,7 @@ class UpstreamPool:
         client = exchange.client
         try:
             _, connection = await asyncio.wait_for(
-                self.loop.create_connection(lambda: self._factory(self), self.address.host, self.address.port),
+                self.loop.create_connection(lambda: self._factory(self), self.host, self.port),
                 self.limits.connect_timeout,
             )
         except asyncio.TimeoutError:
