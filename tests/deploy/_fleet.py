@@ -226,7 +226,13 @@ class HAProxy:
     BACKEND = "fastpipe"
 
     def __init__(
-        self, directory: Path, port: int, servers: dict[str, int], *, check: str = "", balance: str = "leastconn"
+        self,
+        directory: Path,
+        port: int,
+        servers: dict[str, int],
+        *,
+        check: tuple[str, ...] = (),
+        balance: str = "leastconn",
     ) -> None:
         self.port = port
         self.servers = servers
@@ -251,7 +257,7 @@ class HAProxy:
             f"    default_backend {self.BACKEND}",
             f"backend {self.BACKEND}",
             f"    balance {balance}",
-            *([f"    {check}"] if check else []),
+            *(f"    {line}" for line in check),
             "    default-server check inter 200ms fall 2 rise 2",
             *(f"    server {name} 127.0.0.1:{server_port}" for name, server_port in servers.items()),
         ]

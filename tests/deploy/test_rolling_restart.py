@@ -25,6 +25,13 @@ from ._fleet import Fleet, HAProxy, Instance, assign_servers, free_port, sigterm
 from ._traffic import Exchange, Traffic, count
 
 GRACE = 2.0
+HEALTH = "/healthz"
+# HAProxy asks each instance's health endpoint, which the proxy answers itself (never the origin).
+HEALTH_CHECK = (
+    "option httpchk",
+    f"http-check send meth GET uri {HEALTH} ver HTTP/1.1 hdr Host haproxy",
+    "http-check expect status 200",
+)
 LATE = 3.0  # seconds after the grace deadline by which the cut must have reached the client
 
 
@@ -78,10 +85,12 @@ def _verdict(exchanges: list[Exchange], restarts: list[Restart]) -> tuple[list[s
 @pytest.mark.timeout(240)
 async def test_rolling_restart_behind_haproxy_loses_nothing(fleet: Fleet) -> None:
     upstream = await fleet.origin()
-    instances = [fleet.instance(name, upstream, workers=2, grace=GRACE) for name in ("a", "b")]
+    instances = [
+        fleet.instance(name, upstream, workers=2, grace=GRACE, extra=("--health-path", HEALTH)) for name in ("a", "b")
+    ]
     for instance in instances:
         instance.start()
-    balancer = HAProxy(fleet.directory, free_port(), {i.name: i.port for i in instances})
+    balancer = HAProxy(fleet.directory, free_port(), {i.name: i.port for i in instances}, check=HEALTH_CHECK)
     fleet.adopt(balancer.process)
     for instance in instances:
         await instance.wait_serving()
