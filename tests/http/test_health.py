@@ -18,8 +18,7 @@ async def test_health_is_answered_by_the_proxy_and_never_goes_upstream(
     proxy = await start(port, health_path="/healthz")
     data = await raw_exchange(
         proxy.port,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"GET /healthz/deeper HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz/deeper HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     first, second = parse_responses(data)
     assert (first.status, first.body) == (200, b"ok\n")

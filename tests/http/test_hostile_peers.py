@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import sys
 
 import httpx
 import pytest
@@ -212,3 +214,35 @@ async def test_max_header_count_is_a_limit_of_its_own(start: StartProxy, recordi
 async def test_max_header_count_must_be_a_positive_integer(start: StartProxy, value: object) -> None:
     with pytest.raises(ValueError, match="max_header_count"):
         await start(9, max_header_count=value)
+
+
+async def test_the_header_flags_reach_the_cli_proxy(recording_origin: MakeRecordingOrigin) -> None:
+    port, origins = await recording_origin()
+    process = await asyncio.create_subprocess_exec(
+        *(
+            sys.executable,
+            "-m",
+            "fastpipe",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            f"http://127.0.0.1:{port}",
+        ),
+        *("--max-header-count", "3", "--underscores-in-headers"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        line = await asyncio.wait_for(process.stderr.readline(), 20)
+        match = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", line)
+        assert match is not None, line
+        proxy_port = int(match.group(1))
+        ok = await raw_exchange(proxy_port, b"GET /a HTTP/1.1\r\nHost: t\r\nX_Custom: 1\r\nConnection: close\r\n\r\n")
+        over = await raw_exchange(proxy_port, b"GET /b HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n")
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 15)
+    assert [r.status for r in parse_responses(ok)] == [200]
+    assert [r.status for r in parse_responses(over)] == [431]
+    assert b"\r\nX_Custom: 1\r\n" in origins[0].data
