@@ -67,10 +67,15 @@ def _proxy_parser(subparsers: Any) -> None:
         limits.add_argument(
             f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name), metavar="SECONDS"
         )
-    for name in ("max_header_size", "pool_size", "write_high_water", "write_low_water"):
+    for name in ("max_header_size", "max_header_count", "pool_size", "write_high_water", "write_low_water"):
         limits.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), metavar="N")
     limits.add_argument("--max-body-size", type=_optional_size, default=defaults.max_body_size, metavar="BYTES")
     limits.add_argument("--rewrite-host", action="store_true", help="send the upstream's host:port as Host")
+    limits.add_argument(
+        "--underscores-in-headers",
+        action="store_true",
+        help="forward request headers with '_' in their names (dropped by default, as nginx does)",
+    )
     limits.add_argument(
         "--abort-on-client-eof", action="store_true", help="a client's FIN mid-response ends the exchange (as nginx)"
     )
@@ -85,6 +90,8 @@ def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
         "idle_timeout": args.idle_timeout,
         "shutdown_grace": args.shutdown_grace,
         "max_header_size": args.max_header_size,
+        "max_header_count": args.max_header_count,
+        "underscores_in_headers": args.underscores_in_headers,
         "max_body_size": args.max_body_size,
         "pool_size": args.pool_size,
         "write_high_water": args.write_high_water,
@@ -125,6 +132,12 @@ async def _serve(args: argparse.Namespace) -> int:
     received: list[signal.Signals] = []
 
     def on_signal(sig: signal.Signals) -> None:
+        # A stop signal can arrive twice: systemd's default KillMode and a terminal's Ctrl-C signal every
+        # process of the group, and the --workers supervisor forwards the one it got. The first one starts
+        # the drain; a later one must not cut it short (the grace bounds it; SIGKILL stops at once).
+        if stop.is_set():
+            _say(f"{sig.name} again: already shutting down (grace {args.shutdown_grace:g} s; SIGKILL stops at once)")
+            return
         received.append(sig)
         stop.set()
 
@@ -132,10 +145,11 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await stop.wait()
+        await _drain(server, args.shutdown_grace, received[0].name)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    await _drain(server, args.shutdown_grace, received[0].name if received else "stop")
+            signal.signal(sig, signal.SIG_IGN)  # a late duplicate must not turn a clean exit into a kill
     return 0
 
 

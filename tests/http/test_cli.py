@@ -339,3 +339,43 @@ async def test_cli_logs_a_drain_that_finishes_in_time(origin_url: str, cli_proce
     log = cli.process.stderr.read().decode()
     assert "draining 1 connection with an exchange in flight, closing 0 idle; grace 10 s" in log, log
     assert re.search(r"drained: every exchange in flight finished \(0\.\d\d s\); stopped", log), log
+
+
+async def test_workers_survive_a_stop_signal_sent_to_the_whole_group(origin_url: str) -> None:
+    """systemd's default KillMode and a terminal's Ctrl-C signal every process, and the supervisor forwards
+    its signal too: a worker gets SIGTERM twice, and the second must not cut the drain short."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "fastpipe", "proxy", "--upstream", origin_url, "--listen", f"127.0.0.1:{port}"]
+    supervisor = subprocess.Popen(
+        [*command, "--workers", "2", "--shutdown-grace", "10"],
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        workers = await _children(supervisor.pid, 2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /tokens?n=20&delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"data: "), 10)
+            for process in (supervisor, *workers):
+                process.send_signal(signal.SIGTERM)
+            body = await asyncio.wait_for(reader.read(), 15)
+        finally:
+            writer.close()
+        assert body.endswith(b"0\r\n\r\n"), "the stream in flight was cut"
+        assert await asyncio.wait_for(loop.run_in_executor(None, supervisor.wait), 20) == 0
+        assert supervisor.stderr is not None
+        log = supervisor.stderr.read().decode()
+        assert "SIGTERM again: already shutting down" in log, log
+        assert log.count("exited with status 0") == 2, log
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        supervisor.wait(10)
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+        if supervisor.stderr is not None:
+            supervisor.stderr.close()

@@ -86,7 +86,7 @@ def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: in
         running = [process for process in slots if process is not None and process.poll() is None]
         _say(
             f"{signal.Signals(received[0]).name if received else 'stop signal'}: "
-            f"draining {len(running)} workers (grace {grace:g} s)"
+            f"draining {len(running)} worker{'' if len(running) == 1 else 's'} (grace {grace:g} s)"
         )
         for process in running:
             process.send_signal(forwarded)
