@@ -109,11 +109,54 @@ class Exchange:
     outcome: str = "streaming"  # then "complete" or "client-gone"
 
 
+def openai_chunks(model: str, n: int, include_usage: bool) -> list[bytes]:
+    """The events of an OpenAI chat completion stream, as the real API frames them."""
+    events = []
+    for i in range(n):
+        chunk: dict[str, Any] = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+        }
+        if include_usage:
+            chunk["usage"] = None
+        events.append(f"data: {json.dumps(chunk)}\n\n".encode())
+    if include_usage:
+        usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+        last = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+        events.append(f"data: {json.dumps({**last, 'choices': [], 'usage': usage})}\n\n".encode())
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def anthropic_events(model: str, n: int) -> list[bytes]:
+    """The events of an Anthropic messages stream: message_start, deltas, message_delta, message_stop."""
+
+    def event(kind: str, data: dict[str, Any]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": []}
+    events = [event("message_start", {"message": {**start, "usage": {"input_tokens": 9, "output_tokens": 1}}})]
+    events.append(event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
+    events.append(b'event: ping\ndata: {"type": "ping"}\n\n')
+    for i in range(n):
+        events.append(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f"t{i} "}}))
+    events.append(event("content_block_stop", {"index": 0}))
+    events.append(event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": n}}))
+    events.append(event("message_stop", {}))
+    return events
+
+
 class Origin:
     """A real aiohttp server with a few upstream behaviours, on an ephemeral port of 127.0.0.1.
 
     ``/chunks?n=&size=&delay=&framing=chunked|length&then=end|hang|abort``: n patterned chunks.
     ``/sse?n=&delay=&then=end|hang``: an OpenAI-style event stream with a final usage event.
+    ``POST /v1/chat/completions`` and ``POST /v1/messages``: an OpenAI- and an Anthropic-compatible
+    provider. ``max_tokens`` is the number of content events; a model name ending in ``-slow`` sends
+    one event every 30 ms, one ending in ``-dies`` breaks the connection after half of them.
     """
 
     USAGE = {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33}
@@ -130,6 +173,8 @@ class Origin:
         app = web.Application()
         app.router.add_get("/chunks", self._chunks)
         app.router.add_get("/sse", self._sse)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
         # Handler cancellation: the origin learns at once that its client (the gateway) went away.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
@@ -194,6 +239,67 @@ class Origin:
                     await asyncio.sleep(delay)
             if request.query.get("then") == "hang":
                 await asyncio.Event().wait()
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            exchange.outcome = "client-gone"
+            raise
+        exchange.outcome = "complete"
+        return response
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model, n = body["model"], int(body.get("max_tokens") or body.get("max_completion_tokens") or 5)
+        if not body.get("stream"):
+            self._begin(request).outcome = "complete"
+            message = {"role": "assistant", "content": " ".join(f"tok{i}" for i in range(n))}
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._stream_events(request, model, openai_chunks(model, n, include_usage))
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model, n = body["model"], int(body.get("max_tokens") or 5)
+        if not body.get("stream"):
+            self._begin(request).outcome = "complete"
+            return web.json_response(
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": "hi"}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 9, "output_tokens": n},
+                }
+            )
+        return await self._stream_events(request, model, anthropic_events(model, n))
+
+    async def _stream_events(self, request: web.Request, model: str, events: list[bytes]) -> web.StreamResponse:
+        exchange = self._begin(request)
+        delay = 0.03 if model.endswith("-slow") else 0.0
+        dies_after = len(events) // 2 if model.endswith("-dies") else None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            for index, event in enumerate(events):
+                if index == dies_after:
+                    assert request.transport is not None
+                    request.transport.abort()  # the provider dies mid-stream
+                    exchange.outcome = "aborted"
+                    return response
+                await response.write(event)
+                if delay:
+                    await asyncio.sleep(delay)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionError):
             exchange.outcome = "client-gone"
