@@ -9,6 +9,13 @@ its owner; ``drain``: read on within bounds, for taps and usage capture).
 An upstream error after the response started is raised to the server, which aborts the connection: the
 client sees a broken response, never a short one that ends cleanly.
 
+**Middleware can undo that.** ASGI has no "abort" message: a response is broken only by the exception
+reaching the server. Starlette's ``BaseHTTPMiddleware`` (what ``@app.middleware("http")`` makes) catches
+the exception, ends the body cleanly (a chunked terminator after a 200) and re-raises only afterwards, so
+a provider dying mid-stream reaches the client as a complete response; ``pipe.end_reason`` still says
+``upstream-error``. Write middleware on such routes as a pure ASGI app (``async def __call__(self, scope,
+receive, send)`` that awaits the wrapped app and lets its exceptions through), which keeps failures visible.
+
 When Starlette is installed the class is a ``starlette.responses.Response``, so FastAPI returns it as is;
 without Starlette it is a plain ASGI application.
 """

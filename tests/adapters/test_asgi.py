@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import httpx
 import pytest
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import BackgroundTasks, FastAPI, Request
 
 from fastpipe.asgi import PipeResponse
 from fastpipe.disconnect import CANCEL
@@ -244,7 +244,6 @@ async def test_bodyless_pipe_none_sends_an_empty_body() -> None:
 async def test_pipe_response_as_a_starlette_route_response(impl: ModuleType) -> None:
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
-    from starlette.requests import Request
     from starlette.routing import Route
 
     ran: list[str] = []
@@ -382,3 +381,86 @@ async def test_a_handler_raising_after_tee_releases_the_upstream_within_the_boun
     assert origin.exchanges[0].outcome == "client-gone", "the upstream stayed checked out for a response never sent"
     assert released_after < (1.5 if policy == "drain" else 0.5)
     assert sides[0].end_reason == ("drain-cut-timeout" if policy == "drain" else "client-gone")
+
+
+# -- middleware: what happens to an upstream failure on its way out ----------------------------------------
+
+
+async def raw_get(port: int) -> bytes:
+    """The raw bytes of one GET, read until the server closes (or 5 s pass)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    data = b""
+    try:
+        for _ in range(1000):  # bounded
+            part = await asyncio.wait_for(reader.read(65536), 5)
+            if not part:
+                break
+            data += part
+    except (ConnectionError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.transport.abort()
+    return data
+
+
+class TimingMiddleware:
+    """The pure-ASGI middleware shape: it wraps the app and lets its exceptions through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            self.seen.append(type(exc).__name__)  # log it, then let the server abort the response
+            raise
+
+
+def failing_app(impl: ModuleType, pipes: list[Any]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def route() -> PipeResponse:
+        pipes.append(impl.Pipe(chunks(5, 1000, then="fail")))
+        return PipeResponse(pipes[-1])
+
+    return app
+
+
+async def test_base_http_middleware_turns_an_upstream_failure_into_a_clean_end(impl: ModuleType) -> None:
+    """A documented limitation of Starlette's BaseHTTPMiddleware (``@app.middleware("http")``), asserted
+    as it really is: it catches the exception, ends the chunked body with its terminator, and re-raises
+    only afterwards. The client sees a complete 200; only the pipe's end_reason tells the truth."""
+    pipes: list[Any] = []
+    app = failing_app(impl, pipes)
+
+    @app.middleware("http")
+    async def passthrough(request: Request, call_next: Any) -> Any:
+        return await call_next(request)
+
+    async with asgi_server("uvicorn-httptools", app) as port:
+        raw = await raw_get(port)
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/")
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"\r\n0\r\n\r\n"), "BaseHTTPMiddleware no longer ends the body cleanly: update the README"
+    assert response.status_code == 200 and response.content == pattern(5, 1000)  # looks whole; it is not
+    assert [pipe.end_reason for pipe in pipes] == ["upstream-error", "upstream-error"]
+
+
+async def test_pure_asgi_middleware_keeps_an_upstream_failure_visible(impl: ModuleType) -> None:
+    pipes: list[Any] = []
+    app = TimingMiddleware(failing_app(impl, pipes))
+    async with asgi_server("uvicorn-httptools", app) as port:
+        raw = await raw_get(port)
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(f"http://127.0.0.1:{port}/")
+    assert raw.startswith(b"HTTP/1.1 200 ") and b"\r\n0\r\n\r\n" not in raw, "the broken body must not end cleanly"
+    assert app.seen == ["UpstreamBroke", "UpstreamBroke"]
