@@ -360,7 +360,7 @@ async def settle(rounds: int = 20) -> None:
 
 # -- ASGI servers, started in the test's own loop ---------------------------------------------------------------
 
-ASGI_SERVERS = ["uvicorn-httptools", "uvicorn-h11", "hypercorn"]
+ASGI_SERVERS = ["uvicorn-httptools", "uvicorn-h11", "hypercorn", "granian"]
 
 
 @contextlib.asynccontextmanager
@@ -389,6 +389,11 @@ async def asgi_server(kind: str, app: Any) -> AsyncIterator[int]:
             await asyncio.wait_for(task, 5)
             sock.close()
         return
+    if kind == "granian":
+        sock.close()  # granian binds by address and port: hand it this free one (127.0.0.1 only)
+        async with _granian(app, port):
+            yield port
+        return
     import hypercorn.asyncio
     from hypercorn.config import Config
 
@@ -406,6 +411,22 @@ async def asgi_server(kind: str, app: Any) -> AsyncIterator[int]:
         yield port
     finally:
         shutdown.set()
+        await asyncio.wait_for(task, 5)
+
+
+@contextlib.asynccontextmanager
+async def _granian(app: Any, port: int) -> AsyncIterator[None]:
+    """Granian (a Rust ASGI server) embedded in the test's loop: the app runs in this loop."""
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    server = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGINL, log_enabled=False)
+    task = asyncio.ensure_future(server.serve())
+    try:
+        await _wait_for_listener(port, task)
+        yield
+    finally:
+        server.stop()
         await asyncio.wait_for(task, 5)
 
 

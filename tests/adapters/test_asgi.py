@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
+import os
 import time
 import weakref
 from types import ModuleType
@@ -35,6 +37,7 @@ from ._support import (
     get_then_leave,
     origin_server,
     pattern,
+    settle,
     wait_until,
 )
 
@@ -464,3 +467,67 @@ async def test_pure_asgi_middleware_keeps_an_upstream_failure_visible(impl: Modu
                 await client.get(f"http://127.0.0.1:{port}/")
     assert raw.startswith(b"HTTP/1.1 200 ") and b"\r\n0\r\n\r\n" not in raw, "the broken body must not end cleanly"
     assert app.seen == ["UpstreamBroke", "UpstreamBroke"]
+
+
+# -- every server: forced GC, and repeated disconnects leave nothing behind ----------------------------------
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_full_download_under_forced_gc(impl: ModuleType, server: str, origin: Origin) -> None:
+    """The gateway keeps nothing but the pipe; gc.collect() runs every 5 ms in the server's loop."""
+    owners: list[weakref.ref[Any]] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def make(_scope: Scope) -> PipeResponse:
+            upstream = await session.get(origin.url("/chunks?n=200&size=8000&delay=0.001"))
+            owners.append(weakref.ref(upstream))
+            return PipeResponse(from_aiohttp(upstream, pipe_type=impl.Pipe))
+
+        async def collect() -> None:
+            for _ in range(4000):  # bounded: 20 s
+                gc.collect()
+                await asyncio.sleep(0.005)
+
+        collector = asyncio.ensure_future(collect())
+        try:
+            async with asgi_server(server, PipeApp(make)) as port, httpx.AsyncClient() as client:
+                response = await client.get(f"http://127.0.0.1:{port}/")
+        finally:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
+    assert hashlib.sha256(response.content).digest() == hashlib.sha256(pattern(200, 8000)).digest()
+    gc.collect()
+    assert owners[0]() is None, "the upstream response outlived its body"
+
+
+@pytest.mark.parametrize("server", ASGI_SERVERS)
+async def test_repeated_disconnects_leave_no_live_owner_and_no_descriptor_growth(
+    impl: ModuleType, server: str, origin: Origin
+) -> None:
+    owners: list[weakref.ref[Any]] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def make(_scope: Scope) -> PipeResponse:
+            upstream = await session.get(origin.url("/chunks?n=3&size=1000&then=hang"))
+            owners.append(weakref.ref(upstream))
+            return PipeResponse(from_aiohttp(upstream, pipe_type=impl.Pipe))
+
+        async with asgi_server(server, PipeApp(make)) as port:
+            await get_then_leave(port, "/", 3000)  # warm-up: pools, loggers, lazily opened files
+            await wait_until(lambda: origin.exchanges[-1].outcome == "client-gone", 2, "the warm-up upstream")
+            before = open_descriptors()
+            for _ in range(30):
+                await get_then_leave(port, "/", 3000)
+            await wait_until(
+                lambda: all(exchange.outcome == "client-gone" for exchange in origin.exchanges), 3, "every upstream"
+            )
+            gc.collect()
+            await settle()
+            after = open_descriptors()
+    assert len(owners) == 31
+    assert [ref for ref in owners if ref() is not None] == [], "an owner outlived its client"
+    assert after - before <= 2, f"descriptors grew from {before} to {after} over 30 disconnects"
