@@ -1,13 +1,13 @@
-"""An aiohttp gateway: stream an upstream aiohttp response through a Pipe, with a usage tap on it.
+"""An aiohttp gateway: stream an upstream aiohttp response through a Pipe, and bill the usage it reports.
 
     python examples/aiohttp_gateway.py --upstream http://127.0.0.1:9000 --port 8080
-    curl -N http://127.0.0.1:8080/proxy/v1/chat/completions
+    curl -N http://127.0.0.1:8080/proxy/v1/chat/completions -d '{"model": "m", "stream": true, ...}'
 
-``GET /proxy/<path>`` fetches ``<upstream>/<path>`` with the app's ``ClientSession`` and streams it with
-``stream_response``: ``StreamResponse.write()`` paces the upstream by the client. The client response is
-the pipe's owner and is released to the connection pool at the end (closed on error or cancel). An
-``EventTap`` on the pipe prints the OpenAI-style ``usage`` as soon as its event passes; the drain policy
-keeps reading (within bounds) after an early disconnect, so that event still passes.
+``/proxy/<path>`` (GET or POST) sends the request on to ``<upstream>/<path>`` with the app's
+``ClientSession`` and streams the answer with ``stream_response``: ``StreamResponse.write()`` paces the
+upstream by the client. The client response is the pipe's owner and is released to the connection pool
+at the end (closed on error or cancel). ``capture_usage`` prints the OpenAI-style usage once the body is
+over; the pipe's drain policy reads on (within bounds) after an early disconnect, so it is still seen.
 """
 
 from __future__ import annotations
@@ -15,47 +15,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
-from typing import AsyncIterator, Callable
+from functools import partial
+from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
+from fastpipe import DisconnectPolicy, EndReason, Usage, capture_usage, from_aiohttp
 from fastpipe.aiohttp import stream_response
-from fastpipe.sources import from_aiohttp
-from fastpipe.sse import Event, EventTap
-from fastpipe.tee import DisconnectPolicy
 
 PASSED_HEADERS = ("Content-Type", "Cache-Control")
-ON_DISCONNECT = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=30)
+DRAIN = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=30)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
 
 
-def print_usage(path: str) -> Callable[[Event], None]:
-    def on_event(event: Event) -> None:
-        if event.data.startswith("{"):
-            payload = json.loads(event.data)
-            if payload.get("usage"):
-                print("usage", json.dumps({"path": path, "usage": payload["usage"]}), flush=True)
-
-    return on_event
+def bill(path: str, usage: Usage, outcome: EndReason) -> None:
+    """Called once per response, after its body is over, however it ended."""
+    print("usage", json.dumps({"path": path, "usage": dataclasses.asdict(usage), "outcome": outcome}), flush=True)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     path = request.match_info["path"]
     url = f"{request.app[UPSTREAM]}/{path}"
-    upstream = await request.app[SESSION].get(url, params=request.query)
-    headers = {name: upstream.headers[name] for name in PASSED_HEADERS if name in upstream.headers}
-    pipe = from_aiohttp(upstream).tap(EventTap(print_usage(path)))
-    return await stream_response(request, pipe, status=upstream.status, headers=headers, on_disconnect=ON_DISCONNECT)
+    headers = {"Content-Type": request.headers.get("Content-Type", "")}
+    upstream = await request.app[SESSION].request(
+        request.method, url, params=request.query, data=await request.read(), headers=headers
+    )
+    passed = {name: upstream.headers[name] for name in PASSED_HEADERS if name in upstream.headers}
+    pipe = capture_usage(from_aiohttp(upstream, on_disconnect=DRAIN), "openai", partial(bill, path))
+    return await stream_response(request, pipe, status=upstream.status, headers=passed)
 
 
 def build_app(upstream: str) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/")
-    app.router.add_get("/proxy/{path:.*}", proxy)
+    app.router.add_route("*", "/proxy/{path:.*}", proxy)
 
     async def session_context(app: web.Application) -> AsyncIterator[None]:
         # aiohttp decompresses: the pipe carries the decoded body, so Content-Encoding is not passed on.

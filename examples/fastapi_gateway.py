@@ -1,14 +1,14 @@
 """A FastAPI gateway: stream an upstream httpx response through a Pipe, and bill the usage it reports.
 
     python examples/fastapi_gateway.py --upstream http://127.0.0.1:9000 --port 8080
-    curl -N http://127.0.0.1:8080/proxy/v1/chat/completions
+    curl -N http://127.0.0.1:8080/proxy/v1/chat/completions -d '{"model": "m", "stream": true, ...}'
 
-``GET /proxy/<path>`` fetches ``<upstream>/<path>`` with httpx (streaming) and returns the body as a
-``PipeResponse``. The httpx response is the pipe's owner: the route keeps no reference to it, yet nothing
-can close it before the body is over. The body is tee'd: the client reads the primary branch, a usage
-branch parses the Server-Sent Events with an ``EventTap`` and prints the final OpenAI-style ``usage``.
-With the drain policy, a client that leaves early does not erase that usage: the upstream is read on
-(within 1 MiB and 30 s) for the usage branch, then released.
+``/proxy/<path>`` (GET or POST) sends the request on to ``<upstream>/<path>`` with httpx (streaming) and
+returns the body as a ``PipeResponse``. The httpx response is the pipe's owner: the route keeps no
+reference to it, yet nothing can close it before the body is over. ``capture_usage`` reads the
+OpenAI-style usage as the body passes (Server-Sent Events or a JSON body) and prints it once the body is
+over, with how it ended. The pipe's drain policy makes a client that leaves early no way to erase that
+usage: the upstream is read on (within 1 MiB and 30 s) without it, then released.
 """
 
 from __future__ import annotations
@@ -16,25 +16,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
-from typing import Any, AsyncIterator
+from functools import partial
+from typing import AsyncIterator
 
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 
+from fastpipe import DisconnectPolicy, EndReason, Usage, capture_usage, from_httpx
 from fastpipe.asgi import PipeResponse
-from fastpipe.sources import from_httpx
-from fastpipe.sse import Event, EventTap
-from fastpipe.tee import BranchError, DisconnectPolicy, tee
 
 PASSED_HEADERS = ("content-type", "cache-control")
-ON_DISCONNECT = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=30)
+DRAIN = DisconnectPolicy.drain(max_bytes=1 << 20, timeout=30)
 
 
 def build_app(upstream: str) -> FastAPI:
     client = httpx.AsyncClient(base_url=upstream, timeout=httpx.Timeout(10, read=None))
-    usage_tasks: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -43,40 +42,25 @@ def build_app(upstream: str) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
 
-    @app.get("/proxy/{path:path}")
+    @app.api_route("/proxy/{path:path}", methods=["GET", "POST"])
     async def proxy(path: str, request: Request) -> PipeResponse:
         # The usage tap reads the events: ask for them uncompressed (aiter_raw passes bytes on as they come).
+        headers = {"accept-encoding": "identity", "content-type": request.headers.get("content-type", "")}
         upstream_request = client.build_request(
-            "GET", f"/{path}", params=request.query_params, headers={"accept-encoding": "identity"}
+            request.method, f"/{path}", params=request.query_params, headers=headers, content=await request.body()
         )
         response = await client.send(upstream_request, stream=True)
-        headers = {name: value for name, value in response.headers.items() if name.lower() in PASSED_HEADERS}
-        to_client, to_billing = tee(from_httpx(response), 2, on_disconnect=ON_DISCONNECT)
-        task = asyncio.create_task(bill_usage(path, to_billing))
-        usage_tasks.add(task)
-        task.add_done_callback(usage_tasks.discard)
-        return PipeResponse(to_client, status=response.status_code, headers=headers)
+        pipe = from_httpx(response, on_disconnect=DRAIN)
+        capture_usage(pipe, "openai", partial(bill, path))
+        passed = {name: value for name, value in response.headers.items() if name.lower() in PASSED_HEADERS}
+        return PipeResponse(pipe, status=response.status_code, headers=passed)
 
     return app
 
 
-async def bill_usage(path: str, body: Any) -> None:
-    """Read the usage branch to its end; the tap keeps the last ``usage`` object it sees."""
-    usage: list[Any] = []
-
-    def on_event(event: Event) -> None:
-        if event.data.startswith("{"):
-            payload = json.loads(event.data)
-            if payload.get("usage"):
-                usage.append(payload["usage"])
-
-    outcome = "complete"
-    try:
-        async for _chunk in body.tap(EventTap(on_event)):
-            pass
-    except BranchError as exc:
-        outcome = f"cut short: {exc}"
-    print("usage", json.dumps({"path": path, "usage": usage[-1] if usage else None, "body": outcome}), flush=True)
+def bill(path: str, usage: Usage, outcome: EndReason) -> None:
+    """Called once per response, after its body is over, however it ended."""
+    print("usage", json.dumps({"path": path, "usage": dataclasses.asdict(usage), "outcome": outcome}), flush=True)
 
 
 async def serve(upstream: str, host: str, port: int) -> None:

@@ -8,9 +8,10 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
+import openai
 import pytest
 
 from ._support import Origin, get_then_leave, origin_server, pattern, sse_body
@@ -68,29 +69,56 @@ async def origin() -> AsyncIterator[Origin]:
         yield server
 
 
-@pytest.mark.parametrize("name", ["fastapi_gateway.py", "aiohttp_gateway.py"])
+SSE_USAGE = {"input_tokens": 11, "output_tokens": 22, "model": None, "complete": True}
+GATEWAYS = ["fastapi_gateway.py", "aiohttp_gateway.py"]
+
+
+async def usage_report(program: Program) -> Any:
+    return json.loads((await program.line()).removeprefix("usage "))
+
+
+@pytest.mark.parametrize("name", GATEWAYS)
 async def test_gateway_streams_the_body_and_reports_the_usage(name: str, origin: Origin) -> None:
     async with example(name, origin.url("")) as program, httpx.AsyncClient() as client:
         response = await client.get(program.url("/proxy/sse?n=8"))
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.content == sse_body(8, Origin.USAGE)
-        report = json.loads((await program.line()).removeprefix("usage "))
-        assert report["usage"] == Origin.USAGE
+        report = await usage_report(program)
+        assert (report["usage"], report["outcome"]) == (SSE_USAGE, "complete")
 
         binary = await client.get(program.url("/proxy/chunks?n=40&size=3000"))
         assert binary.content == pattern(40, 3000)
-        if name == "fastapi_gateway.py":
-            assert json.loads((await program.line()).removeprefix("usage "))["usage"] is None
+        report = await usage_report(program)
+        assert report["usage"]["input_tokens"] is None and report["outcome"] == "complete"
 
 
-@pytest.mark.parametrize("name", ["fastapi_gateway.py", "aiohttp_gateway.py"])
+@pytest.mark.parametrize("name", GATEWAYS)
 async def test_gateway_still_reports_the_usage_of_a_client_that_left(name: str, origin: Origin) -> None:
     async with example(name, origin.url("")) as program:
         await get_then_leave(program.port, "/proxy/sse?n=10&delay=0.03", 50)
-        report = json.loads((await program.line()).removeprefix("usage "))
-        assert report["usage"] == Origin.USAGE
+        report = await usage_report(program)
+        assert (report["usage"], report["outcome"]) == (SSE_USAGE, "drained")
     assert origin.exchanges[0].outcome == "complete"
+
+
+@pytest.mark.parametrize("name", GATEWAYS)
+async def test_gateway_serves_the_openai_sdk_and_bills_its_stream(name: str, origin: Origin) -> None:
+    async with example(name, origin.url("")) as program:
+        sdk = openai.AsyncOpenAI(base_url=program.url("/proxy/v1"), api_key="test", max_retries=0)
+        stream = await sdk.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = "".join([choice.delta.content or "" async for chunk in stream for choice in chunk.choices])
+        report = await usage_report(program)
+        await sdk.close()
+    assert text == "tok0 tok1 tok2 tok3 "
+    assert report["usage"] == {"input_tokens": 7, "output_tokens": 4, "model": "gpt-test", "complete": True}
+    assert report["outcome"] == "complete"
 
 
 async def test_asyncio_relay_passes_the_upstream_response_through(origin: Origin) -> None:
