@@ -84,25 +84,21 @@ class Exchange:
     """The state of one request/response exchange; plain slots, no behaviour of its own."""
 
     __slots__ = (
-        "authority",
         "body_pending",
         "body_pending_size",
         "chunked",
         "client",
         "client_keep_alive",
         "close_delimited",
-        "connection_names",
         "content_length",
         "end_reason",
         "first_byte",
         "head",
         "head_only",
-        "host",
         "http10",
         "keep_alive",
         "local",
         "method",
-        "parts",
         "pipe",
         "request_body_bytes",
         "request_bytes",
@@ -112,26 +108,16 @@ class Exchange:
         "started",
         "status",
         "target",
-        "transfer_encoding",
-        "upgrade",
         "upstream",
         "upstream_status",
-        "xff",
     )
 
     def __init__(self, client: ClientSide) -> None:
         self.client = client
-        # request head, filled by the client parser's callbacks
-        self.parts: list[bytes] | None = [b""]  # parts[0] becomes the request line
+        # request head, set once it is complete (RequestHead collects it while it is parsed)
         self.target = b""
         self.method = b""
-        self.host: bytes | None = None
-        self.authority: bytes | None = None  # from an absolute-form target; becomes the Host
-        self.xff: bytes | None = None
-        self.connection_names: list[bytes] | None = None
-        self.transfer_encoding: bytes | None = None
         self.content_length = -1
-        self.upgrade = False
         self.http10 = False
         self.keep_alive = True
         self.head_only = False

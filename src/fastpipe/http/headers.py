@@ -14,10 +14,13 @@ __all__ = (
     "PROTECTED_FROM_CONNECTION",
     "REQUEST_KINDS",
     "RESPONSE_KINDS",
+    "Forwarding",
     "connection_tokens",
     "error_response",
     "local_response",
     "status_line",
+    "upstream_request_head",
+    "without_names",
 )
 
 # Kinds a header can have; 0 (absent from the tables) means "forward as is".
@@ -112,6 +115,65 @@ def status_line(code: int) -> bytes:
     if line is None:
         line = b"HTTP/1.1 %d \r\n" % code
     return line
+
+
+class Forwarding:
+    """What one client connection adds to every request it forwards: X-Forwarded-For/-Proto, and the
+    upstream's own Host line for ``rewrite_host`` and requests without Host."""
+
+    __slots__ = ("peer", "plain", "proto", "rewrite_host", "upstream_host_line")
+
+    def __init__(self, peer: bytes, proto: bytes, upstream_host_line: bytes, rewrite_host: bool) -> None:
+        self.peer = peer
+        self.proto = proto
+        self.upstream_host_line = upstream_host_line
+        self.rewrite_host = rewrite_host
+        self.plain = b"X-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"  # no XFF came in
+
+
+def upstream_request_head(
+    parts: list[bytes],
+    *,
+    request_line: bytes,
+    drop: list[bytes] | None,
+    host: bytes | None,
+    authority: bytes | None,
+    xff: bytes | None,
+    forwarding: Forwarding,
+    chunked: bool,
+    http10: bool,
+) -> bytes:
+    """The request head for the upstream: the client's forwardable header ``parts`` (consumed) less those
+    Connection named (``drop``), with the Host, forwarding and framing headers of this hop."""
+    parts[0] = request_line
+    if drop is not None:
+        parts = without_names(parts, drop)
+    if host is None or forwarding.rewrite_host:
+        parts.append(forwarding.upstream_host_line)
+    elif authority is not None:
+        parts.append(b"Host: " + authority + b"\r\n")
+    if xff is None:
+        parts.append(forwarding.plain)
+    else:
+        parts.append(
+            b"X-Forwarded-For: "
+            + xff
+            + b", "
+            + forwarding.peer
+            + b"\r\nX-Forwarded-Proto: "
+            + forwarding.proto
+            + b"\r\n"
+        )
+    if host is not None:
+        parts.append(b"X-Forwarded-Host: " + host + b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if http10:
+        # An HTTP/1.0 client cannot take a chunked response, so the upstream is asked in 1.0 too (the
+        # documented downgrade); keep-alive is still requested to keep the pool warm.
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def local_response(code: int, body: bytes, *, head_only: bool, keep_alive: bool, http10: bool) -> bytes:

@@ -1,14 +1,14 @@
 """The client-facing protocol: parse requests, hand each to an upstream connection, serve the response Pipe.
 
-One ``ProxyProtocol`` per client connection. Its hot path has no coroutine and no task: the request head is
-rebuilt inside httptools' callbacks and written to a pooled upstream connection; the response body arrives
-through a pushed Pipe whose sink is this protocol (``write`` per chunk, ``end`` once). Flow control both
-ways: the client transport's ``pause_writing``/``resume_writing`` pause and resume the Pipe's producer (the
-upstream transport), and the upstream's write buffer pauses reading from the client while a request body
-streams. Pipelined requests queue behind the one in flight and are answered in order.
-
-Reading from the client is paused for any of a few reasons at once (a bit each), and resumed only when
-none is left, so one reason ending never lifts another's pause.
+One ``ProxyProtocol`` per client connection: the connection's state machine, top to bottom. Its hot path
+has no coroutine and no task: the request head is collected by a :class:`RequestHead` inside httptools'
+callbacks and written to a pooled upstream connection; the response body arrives through a pushed Pipe
+whose sink is this protocol (``write`` per chunk, ``end`` once). Flow control both ways: the client
+transport's ``pause_writing``/``resume_writing`` pause and resume the Pipe's producer (the upstream
+transport), and the upstream's write buffer pauses reading from the client (through the :class:`ReadGate`)
+while a request body streams. Pipelined requests queue behind the one in flight and are answered in order,
+each once the client has taken the previous response. Deadlines: one stage deadline (``_arm(kind)``) and,
+beside it, a send deadline while the client is not taking what is written; the sweep reads the earlier.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from collections import deque
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any, Protocol
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import headers as h
 from .exchange import BodyPipe, Exchange
+from .read_gate import BUFFERED, QUEUED, UPSTREAM_FULL, ReadGate
 from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPSTREAM_ERROR
+from .request_head import BadRequest, RequestHead
 from .writes import writelines_of
 
 if TYPE_CHECKING:
@@ -32,12 +34,6 @@ if TYPE_CHECKING:
     from .upstream import UpstreamConnection, UpstreamPool
 
 __all__ = ("ProxyProtocol",)
-
-# Why reading from the client is paused (bits).
-_QUEUED = 1  # a pipelined request waits behind the one in flight
-_BUFFERED = 2  # request body piles up while no upstream connection is ready
-_UPSTREAM_FULL = 4  # the upstream's write buffer is over its high-water mark
-_STOPPED = 8  # nothing more will be read (Connection: close, rejected, closing)
 
 # What the connection's stage deadline is for (one at a time; the send deadline runs beside it).
 _NO_DEADLINE = 0
@@ -81,13 +77,19 @@ class ProxyContext(Protocol):
     def record(self, exchange: Exchange, reason: str, now: float, client: str, pipe: Any) -> None: ...
 
 
-class _Reject(Exception):
-    """Raised in a parser callback: answer ``status`` and close."""
+class _ParserCallbacks:
+    """The callbacks httptools calls: the head's own methods for the URL and each header (no delegation on
+    the per-header path), the protocol's for the message's stages."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+    __slots__ = ("on_body", "on_header", "on_headers_complete", "on_message_begin", "on_message_complete", "on_url")
+
+    def __init__(self, protocol: ProxyProtocol, head: RequestHead) -> None:
+        self.on_message_begin = protocol.on_message_begin
+        self.on_url = head.add_url
+        self.on_header = head.add_header
+        self.on_headers_complete = protocol.on_headers_complete
+        self.on_body = protocol.on_body
+        self.on_message_complete = protocol.on_message_complete
 
 
 class _StopParsing(Exception):
@@ -106,14 +108,13 @@ class ProxyProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_active",
-        "_blocked",
         "_deadline_kind",
         "_deferred_reject",
-        "_forwarded",
+        "_forwarding",
+        "_gate",
+        "_head",
         "_head_began",
         "_head_bytes",
-        "_head_size",
-        "_header_count",
         "_in_head",
         "_limits",
         "_lingering",
@@ -124,7 +125,6 @@ class ProxyProtocol(asyncio.Protocol):
         "_parser",
         "_parsing",
         "_peer",
-        "_peer_bytes",
         "_pending_head",
         "_pipe",
         "_proxy",
@@ -143,18 +143,18 @@ class ProxyProtocol(asyncio.Protocol):
         self._limits: Limits = proxy.limits
         self._max_body = proxy.limits.max_body_size
         self._loop = proxy.loop
-        self._parser = HttpRequestParser(self)
+        self._head = RequestHead(proxy.limits)
+        self._parser = HttpRequestParser(_ParserCallbacks(self, self._head))
         self._transport: Any = None
         self._peer = "-"
-        self._peer_bytes = b"-"
-        self._forwarded = b""
+        self._forwarding = h.Forwarding(b"-", b"http", proxy.host_line, proxy.limits.rewrite_host)
         self._parsing: Exchange | None = None  # the request being parsed
         self._active: Exchange | None = None  # the exchange being answered
         self._queue: deque[Exchange] | None = None  # parsed, waiting behind the active one
         self._pipe: Any = None  # the active response body
         self._pending_head: bytes | None = None  # response head not yet written (goes with the first chunk)
         self._write_paused = False
-        self._blocked = 0
+        self._gate = ReadGate()
         self._lost = False
         self._deferred_reject: tuple[int, str] | None = None
         self._in_head = False
@@ -162,8 +162,6 @@ class ProxyProtocol(asyncio.Protocol):
         self._message_ended = False
         self._lingering = False
         self._head_bytes = 0
-        self._head_size = 0
-        self._header_count = 0
         limits = self._limits
         # seconds per deadline kind, indexed by kind
         self._timeouts = (
@@ -186,6 +184,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        self._gate.attach(transport)
         self._writelines = writelines_of(transport)
         limits = self._limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
@@ -193,8 +192,9 @@ class ProxyProtocol(asyncio.Protocol):
         )
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
-        self._peer_bytes = self._peer.encode("ascii", "replace")
-        self._forwarded = b"X-Forwarded-For: " + self._peer_bytes + b"\r\nX-Forwarded-Proto: http\r\n"
+        self._forwarding = h.Forwarding(
+            self._peer.encode("ascii", "replace"), b"http", self._proxy.host_line, limits.rewrite_host
+        )
         self._arm(_HEADER)
         self._proxy.register(self)
         if self._proxy.draining:
@@ -202,6 +202,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._gate.detach()
         self._deadline_kind = _NO_DEADLINE
         self.deadline = self._stage_deadline = self._send_deadline = 0.0
         self._proxy.unregister(self)
@@ -220,7 +221,7 @@ class ProxyProtocol(asyncio.Protocol):
         """The client sent FIN: taken as a half-close, answer the requests it completed, then close (None
         closes at once; so does a request cut short, which the upstream must not wait on). With
         ``abort_on_client_eof`` the client is gone: reset, and connection_lost ends the exchange."""
-        self._blocked |= _STOPPED
+        self._gate.mark_input_ended()
         if self._lingering or not self.busy or self._parsing is not None:
             return None
         if self._limits.abort_on_client_eof:
@@ -259,7 +260,7 @@ class ProxyProtocol(asyncio.Protocol):
                 self._start_queued()
 
     def data_received(self, data: bytes) -> None:
-        if self._blocked & _STOPPED:
+        if self._gate.input_ended:
             return
         try:
             self._parser.feed_data(data)
@@ -267,7 +268,7 @@ class ProxyProtocol(asyncio.Protocol):
             cause = exc.__context__
             if isinstance(cause, _StopParsing):
                 return
-            if isinstance(cause, _Reject):
+            if isinstance(cause, BadRequest):
                 self._reject(cause.status, cause.detail)
                 return
             raise
@@ -293,111 +294,34 @@ class ProxyProtocol(asyncio.Protocol):
         self._parsing = exchange
         now = _now()
         exchange.started = now
+        self._head.reset()
         self._in_head = True
         self._head_began = True
         self._head_bytes = 0
-        self._head_size = 0
-        self._header_count = 0
         if self._active is None:
             self._arm(_HEADER, now)
-
-    def on_url(self, url: bytes) -> None:
-        exchange = self._parsing
-        assert exchange is not None
-        exchange.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        exchange = self._parsing
-        assert exchange is not None
-        if exchange.parts is None:
-            return  # a trailer field of a chunked body: the head is gone already, trailers are dropped
-        self._head_size += len(name) + len(value) + 4
-        self._header_count += 1
-        if self._header_count > self._limits.max_header_count:
-            raise _Reject(431, f"more than {self._limits.max_header_count} request header fields")
-        lowered = name.lower()
-        if b"_" in lowered and self._drop_underscored(lowered):
-            return
-        kind = h.REQUEST_KINDS.get(lowered)
-        if kind is None:
-            exchange.parts += (name, b": ", value, b"\r\n")
-        elif kind == h.HOST:
-            if exchange.host is not None:
-                raise _Reject(400, "more than one Host header")
-            exchange.host = value
-            if not self._limits.rewrite_host:
-                exchange.parts += (name, b": ", value, b"\r\n")
-        elif kind == h.CONTENT_LENGTH:
-            exchange.content_length = int(value)
-            exchange.parts += (name, b": ", value, b"\r\n")
-        elif kind == h.X_FORWARDED_FOR:
-            xff = exchange.xff
-            exchange.xff = value if xff is None else xff + b", " + value
-        elif kind == h.TRANSFER_ENCODING:
-            te = exchange.transfer_encoding
-            exchange.transfer_encoding = value if te is None else te + b"," + value
-        elif kind == h.CONNECTION:
-            try:
-                names = h.connection_tokens(value)
-            except h.ConnectionNamesProtected as exc:
-                raise _Reject(400, str(exc)) from None
-            if names:
-                exchange.connection_names = (exchange.connection_names or []) + names
-        elif kind == h.UPGRADE:
-            exchange.upgrade = True
-        # DROP and X_FORWARDED_SET: not forwarded
-
-    def _drop_underscored(self, lowered: bytes) -> bool:
-        """Whether a request header whose name has an underscore is dropped. CGI and WSGI fold ``_`` and
-        ``-`` together, so ``X_Forwarded_Proto`` would pass for the header the proxy sets: by default every
-        such name is dropped (as nginx's ``underscores_in_headers off``); with ``underscores_in_headers``
-        only those that fold onto a header the proxy reads or sets."""
-        if not self._limits.underscores_in_headers:
-            return True
-        return lowered.replace(b"_", b"-") in h.REQUEST_KINDS
 
     def on_headers_complete(self) -> None:
         exchange = self._parsing
         assert exchange is not None
         self._in_head = False
-        limits = self._limits
-        if self._head_size + len(exchange.target) > limits.max_header_size:
-            raise _Reject(431, "request head too large")
         parser = self._parser
+        head = self._head
         method: bytes = parser.get_method()
+        http10, chunked = head.check(method, parser.get_http_version())
         exchange.method = method
-        if exchange.upgrade or method == b"CONNECT":
-            raise _Reject(501, "Upgrade and CONNECT are not supported by this proxy")
-        version = parser.get_http_version()
-        if version == "1.1":
-            http10 = False
-        elif version == "1.0":
-            http10 = True
-        elif version == "0.9":
-            raise _Reject(400, "HTTP/0.9 requests are not supported")
-        else:
-            raise _Reject(505, f"HTTP/{version} is not supported by this HTTP/1.1 proxy")
+        exchange.target = head.target
         exchange.http10 = http10
-        if not exchange.target.startswith(b"/"):
-            self._origin_form(exchange, method)
-        te = exchange.transfer_encoding
-        if te is not None:
-            if http10:
-                raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if te.strip().lower() != b"chunked":
-                raise _Reject(501, "transfer codings other than chunked are not supported")
-            exchange.chunked = True
-        elif exchange.host is None and not http10:
-            raise _Reject(400, "HTTP/1.1 request without Host")
-        if self._max_body is not None and exchange.content_length > self._max_body:
-            raise _Reject(413, f"request body over {self._max_body} bytes")
+        exchange.chunked = chunked
+        exchange.content_length = head.content_length
         exchange.keep_alive = parser.should_keep_alive()
         exchange.head_only = method == b"HEAD"
         health = self._proxy.health_path
-        if health is not None and (method == b"GET" or exchange.head_only) and exchange.target.split(b"?")[0] == health:
+        if health is not None and (method == b"GET" or exchange.head_only) and head.target.split(b"?")[0] == health:
+            head.parts = None  # nothing goes upstream; later fields are trailers
             self._answer_health(exchange)
         else:
-            exchange.head = self._upstream_head(exchange, method, http10)
+            exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding)
         if self._active is None:
             self._start(exchange)
             if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
@@ -406,7 +330,7 @@ class ProxyProtocol(asyncio.Protocol):
             if self._queue is None:
                 self._queue = deque()
             self._queue.append(exchange)
-            self._block(_QUEUED)
+            self._gate.pause(QUEUED)
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
@@ -415,7 +339,7 @@ class ProxyProtocol(asyncio.Protocol):
         received = exchange.request_body_bytes + size
         exchange.request_body_bytes = received
         if self._max_body is not None and received > self._max_body:
-            raise _Reject(413, f"request body over {self._max_body} bytes")
+            raise BadRequest(413, f"request body over {self._max_body} bytes")
         if exchange.chunked:
             body = b"%x\r\n" % size + body + b"\r\n"
         if self._deadline_kind == _BODY:
@@ -436,66 +360,13 @@ class ProxyProtocol(asyncio.Protocol):
             else:
                 self._finish(exchange, COMPLETE)
         if not exchange.keep_alive:
-            self._block(_STOPPED)
+            self._gate.end_input()
             raise _StopParsing
 
     # -- request side ----------------------------------------------------------------------------------
 
-    def _origin_form(self, exchange: Exchange, method: bytes) -> None:
-        """Turn an absolute-form target into the origin form the upstream expects; its authority becomes
-        the Host (RFC 9112 §3.2.2). The asterisk form is only for OPTIONS; anything else is refused."""
-        target = exchange.target
-        if target == b"*":
-            if method != b"OPTIONS":
-                raise _Reject(400, "the asterisk-form target is only for OPTIONS")
-            return
-        try:
-            url = parse_url(target)
-        except Exception:
-            raise _Reject(400, "malformed request target") from None
-        if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
-            raise _Reject(400, "the request target must be a path or an http URL")
-        host = url.host
-        if b":" in host:
-            host = b"[" + host + b"]"  # an IPv6 literal keeps its brackets in Host (RFC 3986 §3.2.2)
-        if url.port is not None:
-            host += b":%d" % url.port
-        exchange.target = (url.path or b"/") + (b"?" + url.query if url.query is not None else b"")
-        exchange.authority = host
-        exchange.host = host
-        exchange.connection_names = (exchange.connection_names or []) + [b"host"]
-
-    def _upstream_head(self, exchange: Exchange, method: bytes, http10: bool) -> bytes:
-        parts = exchange.parts
-        assert parts is not None
-        exchange.parts = None
-        parts[0] = method + b" " + exchange.target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n")
-        if exchange.connection_names is not None:
-            parts = h.without_names(parts, exchange.connection_names)
-        host = exchange.host
-        if host is None or self._limits.rewrite_host:
-            parts.append(self._proxy.host_line)
-        elif exchange.authority is not None:
-            parts.append(b"Host: " + exchange.authority + b"\r\n")
-        xff = exchange.xff
-        if xff is None:
-            parts.append(self._forwarded)
-        else:
-            parts.append(b"X-Forwarded-For: " + xff + b", " + self._peer_bytes + b"\r\nX-Forwarded-Proto: http\r\n")
-        if host is not None:
-            parts.append(b"X-Forwarded-Host: " + host + b"\r\n")
-        if exchange.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if http10:
-            # An HTTP/1.0 client cannot take a chunked response, so the upstream is asked in 1.0 too
-            # (the documented downgrade); keep-alive is still requested to keep the pool warm.
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
     def _answer_health(self, exchange: Exchange) -> None:
         """The health endpoint: answered here, never upstream; 503 (and close) once draining began."""
-        exchange.parts = None
         if self._proxy.draining:
             exchange.keep_alive = False
             status, body = 503, b"draining\n"
@@ -522,7 +393,7 @@ class ProxyProtocol(asyncio.Protocol):
             pending.append(piece)
         exchange.body_pending_size += len(piece)
         if exchange.body_pending_size > self._limits.write_high_water:
-            self._block(_BUFFERED)
+            self._gate.pause(BUFFERED)
 
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
@@ -600,13 +471,13 @@ class ProxyProtocol(asyncio.Protocol):
         self._fail_exchange(exchange, 502, UPSTREAM_ERROR, "the upstream closed the connection without responding")
 
     def upstream_write_paused(self) -> None:
-        self._block(_UPSTREAM_FULL)
+        self._gate.pause(UPSTREAM_FULL)
 
     def upstream_write_resumed(self) -> None:
-        self._unblock(_UPSTREAM_FULL)
+        self._gate.resume(UPSTREAM_FULL)
 
     def upstream_body_flushed(self) -> None:
-        self._unblock(_BUFFERED)
+        self._gate.resume(BUFFERED)
 
     def write_interim(self, head: bytes) -> None:
         """A 1xx response (100 Continue, 103 Early Hints) goes out at once."""
@@ -690,8 +561,8 @@ class ProxyProtocol(asyncio.Protocol):
         if self._proxy.recording:
             pipe = exchange.pipe
             self._proxy.record(exchange, reason, now, self._peer, pipe)
-        if self._blocked & _UPSTREAM_FULL:
-            self._unblock(_UPSTREAM_FULL)
+        if self._gate.paused_for(UPSTREAM_FULL):
+            self._gate.resume(UPSTREAM_FULL)
         if self._lost:
             return
         if not exchange.request_done:
@@ -712,7 +583,7 @@ class ProxyProtocol(asyncio.Protocol):
                 return
             self._start_queued()
             return
-        if self._blocked & _STOPPED:
+        if self._gate.input_ended:
             self._close()  # the client half-closed: nothing more can come
             return
         self._arm(_HEADER if self._in_head else _IDLE)
@@ -722,7 +593,7 @@ class ProxyProtocol(asyncio.Protocol):
         assert queue
         following = queue.popleft()
         if not queue:
-            self._unblock(_QUEUED)
+            self._gate.resume(QUEUED)
         self._start(following)
 
     def _fail_exchange(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
@@ -734,7 +605,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _reject(self, status: int, detail: str) -> None:
         """Bad input: answer ``status`` (in order, after any response in flight) and close."""
-        self._block(_STOPPED)
+        self._gate.end_input()
         rejected = self._parsing
         self._parsing = None
         self._queue = None
@@ -767,7 +638,7 @@ class ProxyProtocol(asyncio.Protocol):
         the response before the client reads it; so the proxy half-closes (FIN after the response) and
         discards what the client still sends, for at most LINGER_SECONDS.
         """
-        self._blocked |= _STOPPED
+        self._gate.mark_input_ended()
         transport = self._transport
         if self._lost or transport is None or transport.is_closing() or self._lingering:
             return
@@ -776,7 +647,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _linger(self) -> None:
         """Half-close after the last response and discard input for a moment, then close."""
-        self._blocked |= _STOPPED
+        self._gate.mark_input_ended()
         transport = self._transport
         if self._lost or transport is None or transport.is_closing() or self._lingering:
             return
@@ -789,14 +660,14 @@ class ProxyProtocol(asyncio.Protocol):
             # The client is gone already (its reset arrived while it was not being read): just close.
             self._close()
             return
-        transport.resume_reading()
+        self._gate.drain_input()
         self._lingering = True
         self._arm(_LINGER)
         if transport.get_write_buffer_size():
             self._arm_send()
 
     def _close(self) -> None:
-        self._blocked |= _STOPPED
+        self._gate.mark_input_ended()
         if self._lingering:
             return  # the linger deadline (or the client's own close) ends the connection
         self._arm(_NO_DEADLINE)
@@ -817,17 +688,6 @@ class ProxyProtocol(asyncio.Protocol):
             except (OSError, AttributeError):
                 pass
         transport.abort()
-
-    def _block(self, reason: int) -> None:
-        if not self._blocked and not self._lost:
-            self._transport.pause_reading()
-        self._blocked |= reason
-
-    def _unblock(self, reason: int) -> None:
-        blocked = self._blocked & ~reason
-        self._blocked = blocked
-        if not blocked and not self._lost:
-            self._transport.resume_reading()
 
     # -- deadlines and shutdown (called by the Proxy) --------------------------------------------------
 

@@ -1,0 +1,193 @@
+"""The head of the request being parsed: what httptools' callbacks collect, checked, then made into the head
+sent upstream.
+
+One :class:`RequestHead` per client connection, reset for each request, so a keep-alive connection makes no
+new object per request for this. Its ``add_url``/``add_header`` are the parser's own callbacks (no
+delegation per header). Anything the proxy must refuse raises :class:`BadRequest` with the status to answer.
+"""
+
+from __future__ import annotations
+
+from httptools import parse_url
+
+from . import headers as h
+from .limits import Limits
+
+__all__ = ("BadRequest", "RequestHead")
+
+
+class BadRequest(Exception):
+    """Raised inside a parser callback: answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class RequestHead:
+    """The request head under construction; plain state plus the checks that need all of it."""
+
+    __slots__ = (
+        "authority",
+        "connection_names",
+        "content_length",
+        "count",
+        "host",
+        "limits",
+        "parts",
+        "size",
+        "target",
+        "transfer_encoding",
+        "upgrade",
+        "xff",
+    )
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.reset()
+
+    def reset(self) -> None:
+        self.target = b""
+        # parts[0] becomes the request line; then name, ": ", value, CRLF per header; None once consumed
+        self.parts: list[bytes] | None = [b""]
+        self.host: bytes | None = None
+        self.authority: bytes | None = None  # from an absolute-form target; becomes the Host
+        self.xff: bytes | None = None
+        self.connection_names: list[bytes] | None = None
+        self.transfer_encoding: bytes | None = None
+        self.content_length = -1
+        self.upgrade = False
+        self.size = 0
+        self.count = 0
+
+    # -- parser callbacks --------------------------------------------------------------------------------
+
+    def add_url(self, url: bytes) -> None:
+        self.target += url
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        if self.parts is None:
+            return  # a trailer field of a chunked body: the head is gone already, trailers are dropped
+        self.size += len(name) + len(value) + 4
+        self.count += 1
+        limits = self.limits
+        if self.count > limits.max_header_count:
+            raise BadRequest(431, f"more than {limits.max_header_count} request header fields")
+        lowered = name.lower()
+        if b"_" in lowered and _drop_underscored(lowered, limits):
+            return
+        kind = h.REQUEST_KINDS.get(lowered)
+        parts = self.parts
+        if kind is None:
+            parts += (name, b": ", value, b"\r\n")
+        elif kind == h.HOST:
+            if self.host is not None:
+                raise BadRequest(400, "more than one Host header")
+            self.host = value
+            if not limits.rewrite_host:
+                parts += (name, b": ", value, b"\r\n")
+        elif kind == h.CONTENT_LENGTH:
+            self.content_length = int(value)
+            parts += (name, b": ", value, b"\r\n")
+        elif kind == h.X_FORWARDED_FOR:
+            xff = self.xff
+            self.xff = value if xff is None else xff + b", " + value
+        elif kind == h.TRANSFER_ENCODING:
+            te = self.transfer_encoding
+            self.transfer_encoding = value if te is None else te + b"," + value
+        elif kind == h.CONNECTION:
+            try:
+                names = h.connection_tokens(value)
+            except h.ConnectionNamesProtected as exc:
+                raise BadRequest(400, str(exc)) from None
+            if names:
+                self.connection_names = (self.connection_names or []) + names
+        elif kind == h.UPGRADE:
+            self.upgrade = True
+        # DROP and X_FORWARDED_SET: not forwarded
+
+    # -- once the head is complete ----------------------------------------------------------------------
+
+    def check(self, method: bytes, version: str) -> tuple[bool, bool]:
+        """Refuse what the proxy does not forward; ``(http10, chunked)`` for what it does."""
+        limits = self.limits
+        if self.size + len(self.target) > limits.max_header_size:
+            raise BadRequest(431, "request head too large")
+        if self.upgrade or method == b"CONNECT":
+            raise BadRequest(501, "Upgrade and CONNECT are not supported by this proxy")
+        if version == "1.1":
+            http10 = False
+        elif version == "1.0":
+            http10 = True
+        elif version == "0.9":
+            raise BadRequest(400, "HTTP/0.9 requests are not supported")
+        else:
+            raise BadRequest(505, f"HTTP/{version} is not supported by this HTTP/1.1 proxy")
+        if not self.target.startswith(b"/"):
+            self._origin_form(method)
+        chunked = False
+        te = self.transfer_encoding
+        if te is not None:
+            if http10:
+                raise BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if te.strip().lower() != b"chunked":
+                raise BadRequest(501, "transfer codings other than chunked are not supported")
+            chunked = True
+        elif self.host is None and not http10:
+            raise BadRequest(400, "HTTP/1.1 request without Host")
+        max_body = limits.max_body_size
+        if max_body is not None and self.content_length > max_body:
+            raise BadRequest(413, f"request body over {max_body} bytes")
+        return http10, chunked
+
+    def _origin_form(self, method: bytes) -> None:
+        """Turn an absolute-form target into the origin form the upstream expects; its authority becomes
+        the Host (RFC 9112 §3.2.2). The asterisk form is only for OPTIONS; anything else is refused."""
+        target = self.target
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise BadRequest(400, "the asterisk-form target is only for OPTIONS")
+            return
+        try:
+            url = parse_url(target)
+        except Exception:
+            raise BadRequest(400, "malformed request target") from None
+        if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
+            raise BadRequest(400, "the request target must be a path or an http URL")
+        host = url.host
+        if b":" in host:
+            host = b"[" + host + b"]"  # an IPv6 literal keeps its brackets in Host (RFC 3986 §3.2.2)
+        if url.port is not None:
+            host += b":%d" % url.port
+        self.target = (url.path or b"/") + (b"?" + url.query if url.query is not None else b"")
+        self.authority = host
+        self.host = host
+        self.connection_names = (self.connection_names or []) + [b"host"]  # the client's Host gives way
+
+    def upstream_bytes(self, method: bytes, http10: bool, chunked: bool, forwarding: h.Forwarding) -> bytes:
+        """The head to send upstream (the parts are consumed: later fields are trailers)."""
+        parts = self.parts
+        assert parts is not None
+        self.parts = None
+        return h.upstream_request_head(
+            parts,
+            request_line=method + b" " + self.target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
+            drop=self.connection_names,
+            host=self.host,
+            authority=self.authority,
+            xff=self.xff,
+            forwarding=forwarding,
+            chunked=chunked,
+            http10=http10,
+        )
+
+
+def _drop_underscored(lowered: bytes, limits: Limits) -> bool:
+    """Whether a request header whose name has an underscore is dropped. CGI and WSGI fold ``_`` and ``-``
+    together, so ``X_Forwarded_Proto`` would pass for the header the proxy sets: by default every such name
+    is dropped (as nginx's ``underscores_in_headers off``); with ``underscores_in_headers`` only those that
+    fold onto a header the proxy reads or sets."""
+    if not limits.underscores_in_headers:
+        return True
+    return lowered.replace(b"_", b"-") in h.REQUEST_KINDS
