@@ -35,6 +35,7 @@ def extensions():
     pipe = Extension(
         "fastpipe._pipe",
         ["src/fastpipe/_pipe.pyx"],
+        depends=["src/fastpipe/_pipe_helpers.h"],  # shipped in the sdist as package data (pyproject.toml)
         extra_compile_args=["-O3"],
         define_macros=macros,
     )

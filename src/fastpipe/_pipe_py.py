@@ -22,6 +22,8 @@ from typing import Any, AsyncIterable, Callable, Protocol
 from ._chunks import Chunk
 from ._chunks import chunk_nbytes as _chunk_size
 from ._errors import PipeError, report_callback_error
+from ._pipe_common import END_OF_BODY as _EOF
+from ._pipe_common import wrap_for
 from .disconnect import CANCEL, DisconnectPolicy, check_policy
 from .end_reason import EndReason, as_end_reason
 
@@ -51,15 +53,6 @@ class Sink(Protocol):
     def write(self, chunk: Any) -> None: ...
 
     def end(self, pipe: Any) -> None: ...
-
-
-class _End:
-    """Marks a clean end fed into a pushed pipe that still has queued chunks."""
-
-    __slots__ = ()
-
-
-_EOF = _End()
 
 
 class Pipe:
@@ -612,8 +605,4 @@ def _call_done(pipe: Pipe, callback: Callable[[Pipe], object]) -> None:
         report_callback_error("fastpipe: done callback failed", exc, pipe)
 
 
-def wrap(body: AsyncIterable[Chunk] | None, owner: object = None, **options: Any) -> Pipe | None:
-    """``Pipe(body, owner, **options)``, or None for a bodyless response."""
-    if body is None:
-        return None
-    return Pipe(body, owner, **options)
+wrap = wrap_for(Pipe)
