@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from httptools import HttpResponseParser
@@ -113,11 +116,11 @@ class RecordingOrigin(asyncio.Protocol):
 
 
 async def start_recording_origin(
-    reply: Callable[[RecordingOrigin, bytes], Any] | None = None,
+    reply: Callable[[RecordingOrigin, bytes], Any] | None = None, *, ssl: SSLContext | None = None
 ) -> tuple[asyncio.Server, list[RecordingOrigin]]:
     registry: list[RecordingOrigin] = []
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: RecordingOrigin(registry, reply), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: RecordingOrigin(registry, reply), "127.0.0.1", 0, ssl=ssl)
     return server, registry
 
 
@@ -174,3 +177,34 @@ async def small_window_client(port: int, receive_buffer: int) -> socket.socket:
 
 StartProxy = Callable[..., Awaitable[ProxyUnderTest]]
 MakeRecordingOrigin = Callable[..., Awaitable[tuple[int, list[RecordingOrigin]]]]
+
+
+class TlsFiles:
+    """PEM files of a throwaway CA and of a server certificate it issued (for 127.0.0.1, localhost, ::1)."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        authority = trustme.CA()
+        issued = authority.issue_cert("127.0.0.1", "localhost", "::1")
+        self.ca = directory / "ca.pem"
+        self.cert = directory / "server.pem"
+        self.key = directory / "server.key"
+        authority.cert_pem.write_to_path(str(self.ca))
+        issued.private_key_pem.write_to_path(str(self.key))
+        issued.cert_chain_pems[0].write_to_path(str(self.cert))
+        for intermediate in issued.cert_chain_pems[1:]:
+            intermediate.write_to_path(str(self.cert), append=True)
+        self.authority = authority
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.cert), str(self.key))
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    return TlsFiles(directory)

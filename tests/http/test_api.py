@@ -45,14 +45,19 @@ def test_bad_limits_are_refused(options: dict[str, object], error: type[Exceptio
         ("127.0.0.1:9000", "127.0.0.1", 9000, b"127.0.0.1:9000"),
         ("http://origin.test", "origin.test", 80, b"origin.test"),
         ("http://[::1]:81/", "::1", 81, b"[::1]:81"),
+        ("https://api.test", "api.test", 443, b"api.test"),  # the scheme's default port stays out of Host
+        ("https://api.test:8443", "api.test", 8443, b"api.test:8443"),
     ],
 )
 def test_parse_upstream(url: str, host: str, port: int, header: bytes) -> None:
     address = parse_upstream(url)
     assert (address.host, address.port, address.host_header) == (host, port, header)
+    assert address.tls == url.startswith("https:")
 
 
-@pytest.mark.parametrize("url", ["https://a.test", "http://a.test/prefix", "ftp://a.test", "http://:80", "http://a:x"])
+@pytest.mark.parametrize(
+    "url", ["https://a.test/v1", "http://a.test/prefix", "ftp://a.test", "ws://a.test", "http://:80", "http://a:x"]
+)
 def test_parse_upstream_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         parse_upstream(url)

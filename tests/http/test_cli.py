@@ -115,13 +115,13 @@ async def test_cli_limit_flags_reach_the_proxy(origin_url: str, cli_processes: l
 
 def test_cli_rejects_a_bad_upstream() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fastpipe", "proxy", "--upstream", "https://example.test", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "fastpipe", "proxy", "--upstream", "ftp://example.test", "--listen", "127.0.0.1:0"],
         capture_output=True,
         env=ENV,
         timeout=20,
     )
     assert result.returncode != 0
-    assert b"only http:// upstreams" in result.stderr
+    assert b"only http:// and https:// upstreams" in result.stderr
 
 
 @pytest.mark.slow

@@ -91,6 +91,7 @@ class Exchange:
         "client_keep_alive",
         "close_delimited",
         "content_length",
+        "detail",
         "end_reason",
         "first_byte",
         "head",
@@ -144,6 +145,7 @@ class Exchange:
         self.started = 0.0
         self.first_byte = 0.0
         self.end_reason: str | None = None
+        self.detail: str | None = None  # why the proxy answered itself, for the record
 
     def abandon_upstream(self) -> None:
         """Let go of the upstream connection mid-exchange: it can never serve another request."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterator
+from ssl import SSLContext
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
@@ -305,7 +306,7 @@ class OriginProtocol(asyncio.Protocol):
             self._busy = False
 
 
-async def start_origin(host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    """Serve the origin in the running loop; ``port=0`` picks a free port."""
+async def start_origin(host: str = "127.0.0.1", port: int = 0, *, ssl: SSLContext | None = None) -> asyncio.Server:
+    """Serve the origin in the running loop; ``port=0`` picks a free port; ``ssl`` serves it over HTTPS."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(OriginProtocol, host, port)
+    return await loop.create_server(OriginProtocol, host, port, ssl=ssl)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from .exchange import Exchange
 from .limits import Limits
 from .record import ExchangeHook, ExchangeRecord, access_logger, format_access_line
 from .server import ProxyProtocol
+from .tls import UpstreamTLS, listener_context
 from .upstream import UpstreamPool
 
 __all__ = ("Proxy", "proxy_of", "shutdown_proxy", "start_proxy")
@@ -36,8 +38,29 @@ class Proxy:
         on_exchange: ExchangeHook | None = None,
         access_log: bool = False,
         health_path: str | None = None,
+        upstream_ssl: _ssl.SSLContext | None = None,
+        upstream_ca: str | None = None,
+        upstream_insecure: bool = False,
+        upstream_cert: str | None = None,
+        upstream_key: str | None = None,
+        upstream_sni: str | None = None,
     ) -> None:
         self.address: UpstreamAddress = parse_upstream(upstream)
+        tls_options = (upstream_ssl, upstream_ca, upstream_cert, upstream_key, upstream_sni)
+        if self.address.tls:
+            self.upstream_tls: UpstreamTLS | None = UpstreamTLS.build(
+                self.address.host,
+                ca=upstream_ca,
+                insecure=upstream_insecure,
+                cert=upstream_cert,
+                key=upstream_key,
+                sni=upstream_sni,
+                context=upstream_ssl,
+            )
+        elif upstream_insecure or any(option is not None for option in tls_options):
+            raise ValueError(f"upstream TLS options need an https:// upstream, got {upstream!r}")
+        else:
+            self.upstream_tls = None
         self.limits = limits if limits is not None else Limits()
         if on_exchange is not None and not callable(on_exchange):
             raise TypeError(f"on_exchange must be callable, got {type(on_exchange).__name__}")
@@ -66,7 +89,7 @@ class Proxy:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self._pool = UpstreamPool(self.address.host, self.address.port, self.limits, loop)
+            self._pool = UpstreamPool(self.address.host, self.address.port, self.limits, loop, self.upstream_tls)
             self._sweep = DeadlineSweep(loop, self.limits.shortest_timeout)
         return loop
 
@@ -102,6 +125,7 @@ class Proxy:
             response_bytes=pipe.nbytes if pipe is not None else 0,
             response_chunks=pipe.chunks if pipe is not None else 0,
             end=reason,
+            detail=exchange.detail,
         )
         hook = self.on_exchange
         if hook is not None:
@@ -150,27 +174,33 @@ class UpstreamAddress:
     host: str
     port: int
     host_header: bytes  # the upstream's own ``host[:port]``, for rewrite_host and HTTP/1.0 clients
+    tls: bool = False  # an https:// upstream
 
 
 def parse_upstream(url: str) -> UpstreamAddress:
-    """``http://HOST:PORT`` (or ``HOST:PORT``) → address; other schemes or a path are errors."""
+    """``http://HOST:PORT``, ``https://HOST:PORT`` (or ``HOST:PORT``) → address; other schemes or a path
+    are errors."""
     if not isinstance(url, str):
         raise TypeError(f"upstream must be a str like 'http://127.0.0.1:8000', got {type(url).__name__}")
     parts = urlsplit(url if "//" in url else f"http://{url}")
-    if parts.scheme != "http":
-        raise ValueError(f"upstream {url!r}: only http:// upstreams are supported")
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"upstream {url!r}: only http:// and https:// upstreams are supported")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"upstream {url!r}: a path prefix is not supported, give http://HOST:PORT")
+        raise ValueError(f"upstream {url!r}: a path prefix is not supported, give {parts.scheme}://HOST:PORT")
+    default = _DEFAULT_PORTS[parts.scheme]
     try:
-        port = parts.port or 80
+        port = parts.port or default
     except ValueError as exc:
         raise ValueError(f"upstream {url!r}: {exc}") from None
     host = parts.hostname
     if not host:
         raise ValueError(f"upstream {url!r}: no host")
     shown = f"[{host}]" if ":" in host else host
-    header = shown if port == 80 else f"{shown}:{port}"
-    return UpstreamAddress(host, port, header.encode("idna"))
+    header = shown if port == default else f"{shown}:{port}"
+    return UpstreamAddress(host, port, header.encode("idna"), tls=parts.scheme == "https")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 _DETACH_SECONDS = 2.0
@@ -188,6 +218,15 @@ async def start_proxy(
     access_log: bool = False,
     reuse_port: bool = False,
     health_path: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    upstream_ssl: _ssl.SSLContext | None = None,
+    upstream_ca: str | None = None,
+    upstream_insecure: bool = False,
+    upstream_cert: str | None = None,
+    upstream_key: str | None = None,
+    upstream_sni: str | None = None,
     **limits: Any,
 ) -> asyncio.Server:
     """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``) on ``host:port`` in the running loop.
@@ -199,6 +238,11 @@ async def start_proxy(
     running loop, in any thread; installs no signal handlers. Stop it with :func:`shutdown_proxy`.
     ``health_path="/healthz"`` makes the proxy answer GET/HEAD of that path itself (query ignored):
     200 ``ok`` while serving, 503 ``draining`` (and close) once a graceful shutdown began.
+
+    TLS: ``ssl=context`` or ``certfile``/``keyfile`` serve clients over HTTPS. An ``https://`` upstream is
+    verified against the system trust store, or ``upstream_ca`` (a PEM bundle); ``upstream_insecure``
+    verifies nothing; ``upstream_cert``/``upstream_key`` present a client certificate; ``upstream_sni`` is
+    the name sent and verified; ``upstream_ssl`` is a ready context instead of those.
     """
     proxy = Proxy(
         upstream,
@@ -206,9 +250,23 @@ async def start_proxy(
         on_exchange=on_exchange,
         access_log=access_log,
         health_path=health_path,
+        upstream_ssl=upstream_ssl,
+        upstream_ca=upstream_ca,
+        upstream_insecure=upstream_insecure,
+        upstream_cert=upstream_cert,
+        upstream_key=upstream_key,
+        upstream_sni=upstream_sni,
     )
+    listener_tls = listener_context(ssl, certfile, keyfile)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(proxy, host, port, reuse_port=reuse_port or None)
+    server = await loop.create_server(
+        proxy,
+        host,
+        port,
+        reuse_port=reuse_port or None,
+        ssl=listener_tls,
+        ssl_handshake_timeout=proxy.limits.header_timeout if listener_tls is not None else None,
+    )
     _PROXIES[server] = proxy
     return server
 

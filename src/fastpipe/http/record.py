@@ -49,6 +49,7 @@ class ExchangeRecord:
     response_bytes: int
     response_chunks: int
     end: str
+    detail: str | None = None  # why the proxy answered itself or gave up (e.g. a failed TLS handshake)
 
 
 ExchangeHook = Callable[[ExchangeRecord], object]
@@ -65,4 +66,5 @@ def format_access_line(record: ExchangeRecord) -> str:
         f'{record.client} "{record.method} {record.target}" {status} upstream={upstream} '
         f"in={record.request_bytes}B/{record.request_chunks} out={record.response_bytes}B/{record.response_chunks} "
         f"ttfb={ttfb} dur={record.duration * 1000:.2f}ms end={record.end}"
+        + (f' detail="{record.detail}"' if record.detail else "")
     )

@@ -192,8 +192,9 @@ class ProxyProtocol(asyncio.Protocol):
         )
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
+        proto = b"http" if transport.get_extra_info("sslcontext") is None else b"https"
         self._forwarding = h.Forwarding(
-            self._peer.encode("ascii", "replace"), b"http", self._proxy.host_line, limits.rewrite_host
+            self._peer.encode("ascii", "replace"), proto, self._proxy.host_line, limits.rewrite_host
         )
         self._arm(_HEADER)
         self._proxy.register(self)
@@ -600,6 +601,7 @@ class ProxyProtocol(asyncio.Protocol):
         """End an exchange that has no response yet with the proxy's own ``status``."""
         exchange.end_reason = reason
         exchange.status = status
+        exchange.detail = detail
         self._send_error(status, detail)
         self._finish(exchange, reason)
 

@@ -14,7 +14,9 @@ sides wanted keep-alive and nothing else arrived; otherwise it is closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import ssl
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Union
 
@@ -23,6 +25,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpResponsePars
 from .._backend import Pipe
 from . import headers as h
 from .record import TIMEOUT, UPSTREAM_ERROR
+from .tls import UpstreamTLS, handshake_failure
 from .writes import writelines_of
 
 if TYPE_CHECKING:
@@ -53,6 +56,9 @@ HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE = Reading
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
+
+
+logger = logging.getLogger("fastpipe")
 
 
 class UpstreamError(ConnectionError):
@@ -238,6 +244,8 @@ class UpstreamConnection(asyncio.Protocol):
         and closes without reading the body makes a later body write fail; the loop then drops the
         transport without reading what the upstream had answered. The duplicate lets ``_salvage`` read
         that answer from the receive buffer, so the client gets it instead of a 502."""
+        if self._pool.tls is not None:
+            return  # the socket carries ciphertext: nothing to salvage from it by hand
         sock = self._transport.get_extra_info("socket")
         if sock is not None and self._spare_fd < 0:
             try:
@@ -573,11 +581,14 @@ class CopyingUpstreamConnection(UpstreamConnection):
 class UpstreamPool:
     """Idle keep-alive connections to one upstream, most recently used first."""
 
-    __slots__ = ("_all", "_connecting", "_factory", "_idle", "closing", "host", "limits", "loop", "port")
+    __slots__ = ("_all", "_connecting", "_factory", "_idle", "closing", "host", "limits", "loop", "port", "tls")
 
-    def __init__(self, host: str, port: int, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, host: str, port: int, limits: Limits, loop: asyncio.AbstractEventLoop, tls: UpstreamTLS | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
         self.limits = limits
         self.loop = loop
         self._factory: Union[type[UpstreamConnection], type[CopyingUpstreamConnection]] = (
@@ -632,16 +643,31 @@ class UpstreamPool:
 
     async def _connect(self, exchange: Exchange) -> None:
         client = exchange.client
-        try:
-            _, connection = await asyncio.wait_for(
-                self.loop.create_connection(lambda: self._factory(self), self.host, self.port),
-                self.limits.connect_timeout,
+        tls = self.tls
+        limits = self.limits
+        if tls is None:
+            opening = self.loop.create_connection(lambda: self._factory(self), self.host, self.port)
+        else:
+            # The handshake is part of connecting: connect_timeout bounds both together.
+            opening = self.loop.create_connection(
+                lambda: self._factory(self),
+                self.host,
+                self.port,
+                ssl=tls.context,
+                server_hostname=tls.server_hostname,
+                ssl_handshake_timeout=limits.connect_timeout,
             )
+        try:
+            _, connection = await asyncio.wait_for(opening, limits.connect_timeout)
         except asyncio.TimeoutError:
             client.upstream_unavailable(exchange, 504, TIMEOUT, "timed out connecting to the upstream")
             return
         except OSError as exc:
-            detail = f"cannot connect to the upstream: {exc.strerror or exc}"
+            if tls is not None and (isinstance(exc, ssl.SSLError) or exc.errno is None):
+                detail = f"upstream {tls.server_hostname}:{self.port}: {handshake_failure(exc)}"
+                logger.warning("%s", detail)
+            else:
+                detail = f"cannot connect to the upstream: {exc.strerror or exc}"
             client.upstream_unavailable(exchange, 502, UPSTREAM_ERROR, detail)
             return
         client.upstream_ready(exchange, connection)
