@@ -85,7 +85,7 @@ def _count(value: object) -> int | None:
 
 def _has_usage(data: str) -> bool:
     """Whether an OpenAI chunk carries a non-null ``usage``, found without parsing the JSON."""
-    at = data.find('"usage"')
+    at = data.rfind('"usage"')  # the key comes last in OpenAI chunks; rfind meets it first
     if at < 0:
         return False
     rest = data[at + 7 : at + 16].lstrip(" \t:")
