@@ -48,7 +48,7 @@ def _proxy_parser(subparsers: Any) -> None:
 
     defaults = Limits()
     parser = subparsers.add_parser("proxy", help="run the reverse proxy", description="Run the HTTP/1.1 reverse proxy.")
-    parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the origin")
+    parser.add_argument("--upstream", required=True, help="http://HOST:PORT or https://HOST:PORT of the origin")
     parser.add_argument(
         "--listen", type=_listen_address, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)"
     )
@@ -62,6 +62,14 @@ def _proxy_parser(subparsers: Any) -> None:
     parser.add_argument("--access-log", action="store_true", help="one line per exchange on stderr")
     parser.add_argument("--stock-loop", action="store_true", help="use asyncio's own loop instead of uvloop")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    tls = parser.add_argument_group("TLS (see fastpipe.start_proxy)")
+    tls.add_argument("--certfile", metavar="FILE", help="serve clients over HTTPS with this certificate (PEM)")
+    tls.add_argument("--keyfile", metavar="FILE", help="the private key of --certfile (if not in the same file)")
+    tls.add_argument("--upstream-ca", metavar="FILE", help="trust this PEM bundle for an https:// upstream")
+    tls.add_argument("--upstream-insecure", action="store_true", help="do not verify the upstream's certificate")
+    tls.add_argument("--upstream-cert", metavar="FILE", help="client certificate for mutual TLS to the upstream")
+    tls.add_argument("--upstream-key", metavar="FILE", help="the private key of --upstream-cert")
+    tls.add_argument("--upstream-sni", metavar="NAME", help="the name sent as SNI and verified (default: its host)")
     limits = parser.add_argument_group("limits (see fastpipe.http.Limits)")
     for name in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "shutdown_grace"):
         limits.add_argument(
@@ -121,12 +129,22 @@ async def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         reuse_port=args.reuse_port,
         health_path=args.health_path,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        upstream_ca=args.upstream_ca,
+        upstream_insecure=args.upstream_insecure,
+        upstream_cert=args.upstream_cert,
+        upstream_key=args.upstream_key,
+        upstream_sni=args.upstream_sni,
         **_limit_options(args),
     )
     bound = server.sockets[0].getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     health = f", health {args.health_path}" if args.health_path else ""
-    _say(f"proxy listening on http://{shown}:{bound[1]} -> {args.upstream} (grace {args.shutdown_grace:g} s{health})")
+    scheme = "https" if args.certfile else "http"
+    _say(
+        f"proxy listening on {scheme}://{shown}:{bound[1]} -> {args.upstream} (grace {args.shutdown_grace:g} s{health})"
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[signal.Signals] = []

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import socket
 import ssl
+import sys
 from pathlib import Path
 
 import httpx
@@ -247,3 +249,37 @@ async def test_a_tls_listener_serves_https_and_says_so_upstream(
     assert response.status_code == 200 and response.content == b"ok"
     head = origins[-1].data.split(b"\r\n\r\n")[0]
     assert b"\r\nX-Forwarded-Proto: https" in head and head.startswith(b"GET /over-tls HTTP/1.1")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_the_cli_serves_tls_on_both_sides(tls_files: TlsFiles, workers: str) -> None:
+    origin = await start_origin(ssl=tls_files.server_context())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        *(sys.executable, "-m", "fastpipe", "proxy", "--listen", f"127.0.0.1:{port}", "--workers", workers),
+        *("--upstream", f"https://127.0.0.1:{origin.sockets[0].getsockname()[1]}", "--upstream-ca", str(tls_files.ca)),
+        *("--certfile", str(tls_files.cert), "--keyfile", str(tls_files.key), "--shutdown-grace", "1"),
+    ]
+    process = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        async with httpx.AsyncClient(verify=tls_files.client_context()) as client:
+            while True:
+                try:
+                    response = await client.get(f"https://127.0.0.1:{port}/bytes?n=1000")
+                    break
+                except httpx.ConnectError:
+                    assert loop.time() < deadline, "the proxy did not start serving"
+                    await asyncio.sleep(0.2)
+            answers = [await client.get(f"https://127.0.0.1:{port}/bytes?n={n}") for n in (0, 70_000, 5)]
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+        origin.close()
+    assert response.status_code == 200 and len(response.content) == 1000
+    assert [len(answer.content) for answer in answers] == [0, 70_000, 5]
