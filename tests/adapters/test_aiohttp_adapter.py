@@ -162,8 +162,10 @@ async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
             await wait_until(lambda: bool(pipes) and pipes[0].state != "open", 3, "the pipe to finish")
     if policy == "drain":
         assert usage == [Origin.USAGE] and pipes[0].state == "closed"
+        assert pipes[0].end_reason == "drained"
     else:
         assert usage == [] and pipes[0].state == "cancelled"
+        assert pipes[0].end_reason == "client-gone"
 
 
 async def test_head_request_sends_no_body_and_releases_the_pipe(impl: ModuleType) -> None:

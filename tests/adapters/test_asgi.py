@@ -179,11 +179,11 @@ async def test_drain_policy_keeps_the_usage_event_of_a_client_that_left(
     if policy == "drain":
         assert usage == [Origin.USAGE]
         assert origin.exchanges[0].outcome == "complete"
-        assert pipe.state == "closed"
+        assert pipe.state == "closed" and pipe.end_reason == "drained"
     else:
         assert usage == []
         assert origin.exchanges[0].outcome == "client-gone"
-        assert pipe.state == "cancelled"
+        assert pipe.state == "cancelled" and pipe.end_reason == "client-gone"
 
 
 async def test_drain_policy_time_bound_releases_an_idle_upstream(impl: ModuleType) -> None:
@@ -215,7 +215,7 @@ async def test_drain_policy_byte_bound_stops_reading(impl: ModuleType) -> None:
     async with asgi_server("uvicorn-httptools", PipeApp(make)) as port:
         await get_then_leave(port, "/", 5000)
         state, _ = await releases.wait(5)
-    assert state == "cancelled"
+    assert state == "cancelled" and pipes[0].end_reason == "drain-cut-max-bytes"
     assert pipes[0].nbytes < 400_000, "the drain read far past its byte bound"
 
 
