@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from types import ModuleType
 from typing import Any, AsyncIterator
@@ -250,3 +251,76 @@ async def test_openai_sdk_client_leaving_early_still_bills_the_drained_stream(im
         await sdk.close()
     assert usages == [(Usage(7, 10, "gpt-test-slow", True), EndReason.DRAINED)]
     assert origin.exchanges[0].outcome == "complete"
+
+
+# -- the LiteLLM shape end to end: a per-request handler whose finalizer closes its client ------------------
+
+
+class ProviderHandler:
+    """Per request, as LiteLLM's handler: its own httpx client, closed by its finalizer."""
+
+    closing: set[asyncio.Task[None]] = set()
+
+    def __init__(self, base_url: str) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=None))
+        self.loop = asyncio.get_running_loop()
+
+    async def stream(self, body: bytes) -> httpx.Response:
+        request = self.client.build_request("POST", "/v1/chat/completions", content=body)
+        return await self.client.send(request, stream=True)
+
+    def __del__(self) -> None:
+        task = self.loop.create_task(self.client.aclose())
+        ProviderHandler.closing.add(task)
+        task.add_done_callback(ProviderHandler.closing.discard)
+
+
+@pytest.mark.parametrize("keep_handler", [True, False], ids=["owner=handler", "no-owner"])
+async def test_litellm_shaped_gateway_under_forced_gc(impl: ModuleType, origin: Origin, keep_handler: bool) -> None:
+    """FastAPI gateway, gc.collect() every 5 ms, the openai SDK as client. With ``owner=handler`` the
+    stream arrives whole and is billed complete; the same gateway without it loses the stream."""
+    app = FastAPI()
+    usages: list[tuple[Usage, EndReason]] = []
+
+    @app.post("/v1/chat/completions")
+    async def route(request: Request) -> PipeResponse:
+        handler = ProviderHandler(origin.url(""))
+        upstream = await handler.stream(await request.body())
+        pipe = from_httpx(upstream, owner=handler if keep_handler else None, pipe_type=impl.Pipe)
+        capture_usage(pipe, "openai", lambda usage, outcome: usages.append((usage, outcome)))
+        return PipeResponse(pipe, headers={"content-type": "text/event-stream"})
+
+    async def collect() -> None:
+        for _ in range(4000):  # bounded: 20 s
+            gc.collect()
+            await asyncio.sleep(0.005)
+
+    collector = asyncio.ensure_future(collect())
+    text, failure = "", None
+    try:
+        async with asgi_server("uvicorn-httptools", app) as port:
+            sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", max_retries=0)
+            try:
+                stream = await sdk.chat.completions.create(
+                    model="gpt-test-slow",
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=12,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                async for chunk in stream:
+                    text += "".join(choice.delta.content or "" for choice in chunk.choices)
+            except Exception as exc:
+                failure = exc
+            await wait_until(lambda: bool(usages), 3, "the usage callback")
+            await sdk.close()
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, *ProviderHandler.closing, return_exceptions=True)
+    whole = "".join(f"tok{i} " for i in range(12))
+    if keep_handler:
+        assert failure is None and text == whole
+        assert usages == [(Usage(7, 12, "gpt-test-slow", True), EndReason.COMPLETE)]
+    else:
+        assert failure is not None or text != whole, "negative control: the handler's finalizer should cut it"
+        assert usages[0][0].complete is False and usages[0][1] == EndReason.UPSTREAM_ERROR
