@@ -77,7 +77,7 @@ async def deliver(
 
 
 class _Delivery:
-    __slots__ = ("_deadline", "_drained", "_gone", "_pipe", "_policy", "_sender", "_write")
+    __slots__ = ("_deadline", "_drained", "_gone", "_pipe", "_policy", "_pulling", "_reason", "_sender", "_write")
 
     def __init__(self, pipe: Pipe, write: Write, policy: DisconnectPolicy) -> None:
         self._pipe = pipe
@@ -87,6 +87,8 @@ class _Delivery:
         self._deadline: asyncio.TimerHandle | None = None
         self._gone = False
         self._drained = 0
+        self._pulling = False  # the sender awaits a pull (not a write)
+        self._reason = EndReason.CANCELLED  # why the sender stops early, for the pipe's end_reason
 
     def start(self) -> asyncio.Task[bool]:
         sender = self._sender = asyncio.get_running_loop().create_task(self._send())
@@ -95,30 +97,34 @@ class _Delivery:
 
     async def _send(self) -> bool:
         pipe = self._pipe
+        pull = pipe.__anext__
         try:
-            async for chunk in pipe:
+            while True:
+                self._pulling = True
+                try:
+                    chunk = await pull()
+                except StopAsyncIteration:
+                    return not self._gone
+                finally:
+                    self._pulling = False
                 if self._gone:
                     self._drained += chunk_nbytes(chunk)
                     if self._drained > self._policy.max_bytes:
-                        # The taps saw this chunk; the bound stops the reading here.
-                        await pipe.aclose(EndReason.DRAIN_CUT_BYTES)
-                        break
+                        self._reason = EndReason.DRAIN_CUT_BYTES  # the taps saw this chunk; reading stops here
+                        return False
                     continue
                 try:
                     await self._write(chunk)
                 except OSError:
                     self.client_left()
                     if not self._policy.drains:
-                        break
-            else:
-                return not self._gone
-            return False
+                        return False
         except Exception:
             if self._gone:
                 return False  # an upstream failure during a drain is nobody's response any more
             raise
         finally:
-            await pipe.aclose()  # a no-op on a finished pipe
+            await pipe.aclose(self._reason)  # closes the source; a no-op on a finished pipe
 
     def client_left(self) -> None:
         if self._gone:
@@ -136,8 +142,11 @@ class _Delivery:
         )
 
     def _stop(self, sender: asyncio.Task[bool], reason: EndReason) -> None:
-        # The reason first: cancelling the sender's pending pull would only say "cancelled".
-        self._pipe.cancel(reason)
+        self._reason = reason  # the sender's aclose() gives it
+        if self._pulling:
+            # Cancelling a pending pull would only say "cancelled": the reason goes first. The pull,
+            # cancelled next, still closes the source.
+            self._pipe.cancel(reason)
         if sender is not _current_task():
             sender.cancel()
 

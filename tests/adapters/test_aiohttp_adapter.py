@@ -19,7 +19,7 @@ from fastpipe.sources import from_aiohttp
 from fastpipe.sse import Event, EventTap
 from fastpipe.tee import DisconnectPolicy
 
-from ._support import Origin, Owner, Releases, chunks, get_then_leave, origin_server, pattern, wait_until
+from ._support import Origin, Owner, Releases, chunks, get_then_leave, origin_server, pattern, piece, wait_until
 
 MakePipe = Callable[[web.Request], Awaitable[Any]]
 
@@ -204,3 +204,38 @@ async def test_the_old_on_disconnect_keyword_still_works_with_a_deprecation_warn
             await get_then_leave(port, "/", 3000)
             await wait_until(lambda: bool(pipes) and pipes[0].state != "open", 3, "the pipe to finish")
     assert pipes[0].end_reason == "drain-cut-timeout", "the keyword's drain policy was not applied"
+
+
+async def test_a_write_to_a_client_that_left_closes_the_source_and_says_client_gone(impl: ModuleType) -> None:
+    """The client resets mid-body and the next write fails: the source's ``aclose()`` is awaited (no
+    garbage-collector hook does that for a source that is not a generator) and the pipe says why it ended."""
+    closed = asyncio.Event()
+    pipes: list[Any] = []
+
+    class Endless:
+        def __init__(self) -> None:
+            self.index = 0
+
+        def __aiter__(self) -> Endless:
+            return self
+
+        async def __anext__(self) -> bytes:
+            if self.index == 10_000:  # bounded: 640 MB, far more than any buffer holds
+                raise StopAsyncIteration
+            self.index += 1
+            await asyncio.sleep(0)
+            return piece(self.index, 65536)
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    async def make(_request: web.Request) -> Any:
+        pipes.append(impl.Pipe(Endless(), Owner()))
+        return pipes[-1]
+
+    # A slow disconnect poll: the failing write is what notices the client left.
+    async with gateway(make, disconnect_poll=30) as port:
+        await get_then_leave(port, "/", 200_000)
+        await asyncio.wait_for(closed.wait(), 2)
+        await wait_until(lambda: pipes[0].state != "open", 2, "the pipe to finish")
+    assert pipes[0].end_reason == "client-gone"
