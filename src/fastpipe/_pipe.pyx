@@ -7,7 +7,7 @@
 # (plain C methods; nothing introspects them). No boundscheck/wraparound switches: we index nothing.
 """The compiled Pipe: the same contract as ``_pipe_py``, with a pull path that costs no exception per chunk.
 
-How it is fast, in three moves (DESIGN.md, "Measured facts"):
+How it is fast, in three moves (docs/architecture.md, "Measured facts"):
 
 1. ``__anext__`` hands out a reused ``_Pull`` awaitable instead of creating a coroutine per chunk.
 2. ``_Pull`` fills the ``am_send`` slot: CPython's ``await`` (3.10, 3.11) drives it with ``PyIter_Send`` and
@@ -320,7 +320,7 @@ cdef class Pipe:
         if self._sink_write is not None:
             return self._write_to_sink(self._sink_write, chunk, size)
         self._queued_bytes += size
-        self._queue.append((chunk, size))  # measured once, here
+        self._queue.append(chunk)
         if self._queued_bytes > self._high_water:
             self.pause_producing()
         self._wake_puller()
@@ -370,7 +370,8 @@ cdef class Pipe:
         self._sink = sink  # attached (no other consumer may come) but not yet written to directly
         queue = self._queue
         while queue:
-            chunk, size = queue.popleft()
+            chunk = queue.popleft()
+            size = _chunk_size(chunk)  # a C call on the object: cheaper than queueing (chunk, size) tuples
             self._queued_bytes -= size
             if not self._write_to_sink(sink.write, chunk, size) or self._state == STATE_CANCELLED:
                 return
@@ -454,7 +455,8 @@ cdef class Pipe:
         queue = self._queue
         while True:  # a few rounds at most: a resume or a wake-up brings a chunk or the end
             if queue:
-                chunk, size = queue.popleft()
+                chunk = queue.popleft()
+                size = _chunk_size(chunk)
                 self._queued_bytes -= size
                 if self._paused and self._queued_bytes <= self._low_water:
                     self.resume_producing()
