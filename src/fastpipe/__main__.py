@@ -71,7 +71,8 @@ def _proxy_parser(subparsers: Any) -> None:
     tls.add_argument("--upstream-key", metavar="FILE", help="the private key of --upstream-cert")
     tls.add_argument("--upstream-sni", metavar="NAME", help="the name sent as SNI and verified (default: its host)")
     limits = parser.add_argument_group("limits (see fastpipe.http.Limits)")
-    for name in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "shutdown_grace"):
+    timeouts = ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "tunnel_idle_timeout")
+    for name in (*timeouts, "shutdown_grace"):
         limits.add_argument(
             f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name), metavar="SECONDS"
         )
@@ -96,6 +97,7 @@ def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
         "upstream_timeout": args.upstream_timeout,
         "header_timeout": args.header_timeout,
         "idle_timeout": args.idle_timeout,
+        "tunnel_idle_timeout": args.tunnel_idle_timeout,
         "shutdown_grace": args.shutdown_grace,
         "max_header_size": args.max_header_size,
         "max_header_count": args.max_header_count,

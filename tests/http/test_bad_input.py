@@ -97,14 +97,12 @@ async def test_smuggling_after_a_good_request_answers_the_good_one_then_400(
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\n\r\n",
         b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ],
-    ids=["websocket", "h2c", "connect", "te-gzip"],
+    ids=["connect", "te-gzip"],
 )
-async def test_upgrade_connect_and_unknown_codings_are_501(
+async def test_connect_and_unknown_codings_are_501(
     start: StartProxy, recording_origin: MakeRecordingOrigin, request_bytes: bytes
 ) -> None:
     status, upstream_saw = await _refused(start, recording_origin, request_bytes)

@@ -16,13 +16,21 @@
 * A request on a pooled connection that closed under it is sent again only if its method is idempotent.
 * 1xx heads are relayed without framing headers, within ``max_header_size`` in all; a status outside 100-599
   is a 502. The next pipelined request starts only once the client has taken the previous response.
-* Upgrade requests and CONNECT are refused with 501, as are transfer codings other than chunked.
+* A request whose Connection lists ``upgrade`` (WebSocket, or any protocol but h2c) goes upstream with its
+  Connection and Upgrade; a 101 makes the connection a tunnel of raw bytes both ways (flow control each
+  way, half-closes passed on over plaintext, ``tunnel_idle_timeout``), any other answer keeps it HTTP.
+  A stray Upgrade, and ``Upgrade: h2c`` with its HTTP2-Settings, are dropped as hop-by-hop headers.
+* An ``https://`` upstream is reached over TLS (verified, SNI, ALPN http/1.1); ``ssl=`` or
+  ``certfile``/``keyfile`` serve clients over HTTPS (X-Forwarded-Proto is then https).
+* CONNECT is refused with 501, as are transfer codings other than chunked.
 * An HTTP/1.0 client's request goes upstream as HTTP/1.0 (with keep-alive asked), so the upstream never
   answers it chunked; an upstream that does anyway gets a 502.
 * A body the upstream ends by closing is re-framed as chunked for HTTP/1.1 clients, so a reset upstream
   shows as a truncated message, never as a clean end.
 * Errors the proxy answers itself (400, 408, 413, 431, 501, 502, 503, 504) close the connection after a
   short lingering close, so the answer is not lost to a reset while the client is still sending.
+
+How the modules fit together, an exchange's life and the hot path of one body chunk: docs/architecture.md.
 """
 
 from .limits import Limits

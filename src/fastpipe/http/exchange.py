@@ -49,6 +49,12 @@ class UpstreamSide(Protocol):
     def abandon(self) -> None:
         """Give up on the connection mid-exchange: it closes and reports nothing more."""
 
+    def half_close(self) -> bool:
+        """Pass the client's end of a tunnel on (FIN); False where the transport cannot (TLS)."""
+
+    def end_tunnel(self) -> None:
+        """Both directions of the tunnel ended: end the body's pipe, which closes the connection."""
+
 
 class ClientSide(Protocol):
     """What the upstream side tells the client side about an exchange, in the order it can happen."""
@@ -78,6 +84,9 @@ class ClientSide(Protocol):
 
     def upstream_unavailable(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
         """No response head will come: answer ``status`` on the proxy's behalf."""
+
+    def tunnel_upstream_ended(self, exchange: Exchange) -> bool:
+        """The upstream half-closed a tunnel: pass it on; False if that cannot be (the tunnel then ends)."""
 
 
 class Exchange:
@@ -109,6 +118,7 @@ class Exchange:
         "started",
         "status",
         "target",
+        "upgrade",
         "upstream",
         "upstream_status",
     )
@@ -123,6 +133,7 @@ class Exchange:
         self.keep_alive = True
         self.head_only = False
         self.chunked = False
+        self.upgrade: bytes | None = None  # the protocol a tunnel was asked for (Connection: upgrade)
         self.head = b""  # the request head as sent upstream
         self.local: bytes | None = None  # a response the proxy gives itself (health check): no upstream
         # request body

@@ -17,8 +17,10 @@ __all__ = (
     "Forwarding",
     "connection_tokens",
     "error_response",
+    "lists_upgrade",
     "local_response",
     "status_line",
+    "tunnel_protocols",
     "upstream_request_head",
     "without_names",
 )
@@ -27,7 +29,7 @@ __all__ = (
 DROP: Final = 1  # hop-by-hop: never forwarded, nothing to remember
 CONNECTION: Final = 2  # hop-by-hop, and names more hop-by-hop headers
 TRANSFER_ENCODING: Final = 3  # hop-by-hop; the proxy frames each hop itself
-UPGRADE: Final = 4  # hop-by-hop; a request carrying it is refused (501)
+UPGRADE: Final = 4  # hop-by-hop, kept only to open a tunnel (with Connection: upgrade)
 CONTENT_LENGTH: Final = 5  # end-to-end, forwarded, but its value matters
 HOST: Final = 6
 X_FORWARDED_FOR: Final = 7  # the peer address is appended to it
@@ -50,6 +52,7 @@ _COMMON: Final = {
 }
 REQUEST_KINDS: Final = {
     **_COMMON,
+    b"http2-settings": DROP,  # goes with Upgrade: h2c, which the proxy never passes on
     b"host": HOST,
     b"x-forwarded-for": X_FORWARDED_FOR,
     b"x-forwarded-proto": X_FORWARDED_SET,
@@ -86,6 +89,18 @@ def connection_tokens(value: bytes) -> list[bytes]:
                 raise ConnectionNamesProtected(f"Connection names {shown}, which must reach the next hop")
             names.append(token)
     return names
+
+
+def lists_upgrade(value: bytes) -> bool:
+    """Whether a Connection value lists the ``upgrade`` option."""
+    return any(token.strip().lower() == b"upgrade" for token in value.split(b","))
+
+
+def tunnel_protocols(value: bytes) -> bool:
+    """Whether an Upgrade value asks for a protocol the proxy tunnels: any but ``h2c`` (HTTP/2 over
+    cleartext is not proxied: the request goes on as HTTP/1.1 without its Upgrade)."""
+    tokens = [token.strip().lower() for token in value.split(b",")]
+    return bool(tokens) and all(token and not token.startswith(b"h2c") for token in tokens)
 
 
 def without_names(parts: list[bytes], names: list[bytes]) -> list[bytes]:

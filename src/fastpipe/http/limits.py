@@ -25,6 +25,9 @@ class Limits:
         a keep-alive client connection with no request in progress is closed after this; the same
         time bounds a request body that stops arriving (→ 408, or a cut once the response began) and
         a client that stops reading a response (the exchange is cut with a reset).
+    ``tunnel_idle_timeout`` (default 300.0)
+        an upgraded connection (WebSocket) with no byte in either direction for this long is ended; once
+        upgraded, none of the request timeouts apply, and this one also bounds a side that stops reading.
     ``max_header_size`` (default 65536)
         bytes in a request head (request line and headers); over it → 431. Upstream heads over it → 502.
     ``max_header_count`` (default 100)
@@ -61,6 +64,7 @@ class Limits:
     upstream_timeout: float = 60.0
     header_timeout: float = 10.0
     idle_timeout: float = 75.0
+    tunnel_idle_timeout: float = 300.0
     max_header_size: int = 65536
     max_header_count: int = 100
     max_body_size: int | None = None
@@ -74,7 +78,14 @@ class Limits:
     zero_copy: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "shutdown_grace"):
+        for name in (
+            "connect_timeout",
+            "upstream_timeout",
+            "header_timeout",
+            "idle_timeout",
+            "tunnel_idle_timeout",
+            "shutdown_grace",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -104,7 +115,7 @@ class Limits:
     @property
     def shortest_timeout(self) -> float:
         """The finest deadline the sweep must honour."""
-        return min(self.header_timeout, self.idle_timeout, self.upstream_timeout)
+        return min(self.header_timeout, self.idle_timeout, self.upstream_timeout, self.tunnel_idle_timeout)
 
 
 def _require_int(name: str, value: object, *, minimum: int) -> None:

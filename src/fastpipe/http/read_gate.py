@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ("BUFFERED", "QUEUED", "UPSTREAM_FULL", "ReadGate")
+__all__ = ("BUFFERED", "QUEUED", "UPGRADING", "UPSTREAM_FULL", "ReadGate")
 
 QUEUED: Final = 1  # a pipelined request waits behind the one in flight
 BUFFERED: Final = 2  # request body piles up while no upstream connection is ready
 UPSTREAM_FULL: Final = 4  # the upstream's write buffer is over its high-water mark
+UPGRADING: Final = 16  # after a request to switch protocols, until the upstream says whether it did
 _ENDED: Final = 8  # the input ended: nothing more is read
 
 

@@ -12,6 +12,7 @@ __all__ = (
     "REJECTED",
     "SHUTDOWN",
     "TIMEOUT",
+    "UPGRADED",
     "UPSTREAM_ERROR",
     "ExchangeHook",
     "ExchangeRecord",
@@ -26,6 +27,7 @@ UPSTREAM_ERROR: Final = "upstream error"  # refused, reset, malformed or cut mid
 TIMEOUT: Final = "timeout"  # connect or response-head timeout
 SHUTDOWN: Final = "shutdown"  # cut at the graceful-shutdown deadline
 REJECTED: Final = "rejected"  # the proxy answered itself (bad request, body too large)
+UPGRADED: Final = "upgraded"  # a tunnel (WebSocket) that both sides ended
 
 
 @dataclass(frozen=True)

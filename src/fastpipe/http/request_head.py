@@ -31,6 +31,7 @@ class RequestHead:
     __slots__ = (
         "authority",
         "connection_names",
+        "connection_upgrade",
         "content_length",
         "count",
         "host",
@@ -57,7 +58,8 @@ class RequestHead:
         self.connection_names: list[bytes] | None = None
         self.transfer_encoding: bytes | None = None
         self.content_length = -1
-        self.upgrade = False
+        self.upgrade: bytes | None = None  # the Upgrade value
+        self.connection_upgrade = False  # Connection listed "upgrade"
         self.size = 0
         self.count = 0
 
@@ -103,8 +105,11 @@ class RequestHead:
                 raise BadRequest(400, str(exc)) from None
             if names:
                 self.connection_names = (self.connection_names or []) + names
+            if h.lists_upgrade(value):
+                self.connection_upgrade = True
         elif kind == h.UPGRADE:
-            self.upgrade = True
+            upgrade = self.upgrade
+            self.upgrade = value if upgrade is None else upgrade + b", " + value
         # DROP and X_FORWARDED_SET: not forwarded
 
     # -- once the head is complete ----------------------------------------------------------------------
@@ -114,8 +119,8 @@ class RequestHead:
         limits = self.limits
         if self.size + len(self.target) > limits.max_header_size:
             raise BadRequest(431, "request head too large")
-        if self.upgrade or method == b"CONNECT":
-            raise BadRequest(501, "Upgrade and CONNECT are not supported by this proxy")
+        if method == b"CONNECT":
+            raise BadRequest(501, "CONNECT is not supported by this proxy")
         if version == "1.1":
             http10 = False
         elif version == "1.0":
@@ -141,6 +146,15 @@ class RequestHead:
             raise BadRequest(413, f"request body over {max_body} bytes")
         return http10, chunked
 
+    @property
+    def tunnel(self) -> bytes | None:
+        """The Upgrade value of a request that asks for a tunnel (Connection lists upgrade, the protocol is
+        not h2c); otherwise None, and Upgrade is dropped as the hop-by-hop header it is."""
+        upgrade = self.upgrade
+        if upgrade is not None and self.connection_upgrade and h.tunnel_protocols(upgrade):
+            return upgrade
+        return None
+
     def _origin_form(self, method: bytes) -> None:
         """Turn an absolute-form target into the origin form the upstream expects; its authority becomes
         the Host (RFC 9112 §3.2.2). The asterisk form is only for OPTIONS; anything else is refused."""
@@ -165,11 +179,15 @@ class RequestHead:
         self.host = host
         self.connection_names = (self.connection_names or []) + [b"host"]  # the client's Host gives way
 
-    def upstream_bytes(self, method: bytes, http10: bool, chunked: bool, forwarding: h.Forwarding) -> bytes:
+    def upstream_bytes(
+        self, method: bytes, http10: bool, chunked: bool, forwarding: h.Forwarding, tunnel: bytes | None = None
+    ) -> bytes:
         """The head to send upstream (the parts are consumed: later fields are trailers)."""
         parts = self.parts
         assert parts is not None
         self.parts = None
+        if tunnel is not None:
+            parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
         return h.upstream_request_head(
             parts,
             request_line=method + b" " + self.target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import headers as h
-from .exchange import BodyPipe, Exchange
-from .read_gate import BUFFERED, QUEUED, UPSTREAM_FULL, ReadGate
-from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPSTREAM_ERROR
+from .exchange import BodyPipe, Exchange, UpstreamSide
+from .read_gate import BUFFERED, QUEUED, UPGRADING, UPSTREAM_FULL, ReadGate
+from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPGRADED, UPSTREAM_ERROR
 from .request_head import BadRequest, RequestHead
 from .writes import writelines_of
 
@@ -42,6 +42,7 @@ _IDLE = 2  # a keep-alive connection waits for its next request
 _UPSTREAM = 3  # the upstream must send its response head
 _LINGER = 4  # after an error response, input is discarded for a moment before the close
 _BODY = 5  # the request body must keep arriving (idle_timeout between reads)
+_TUNNEL = 6  # an upgraded connection must carry a byte, either way, within tunnel_idle_timeout
 
 # Methods a request may be sent again with after a connection failed under it (RFC 9110 §9.2.2).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -133,6 +134,12 @@ class ProxyProtocol(asyncio.Protocol):
         "_stage_deadline",
         "_timeouts",
         "_transport",
+        "_tunnel",
+        "_tunnel_client_ended",
+        "_tunnel_seen",
+        "_tunnel_upstream_ended",
+        "_upgrade_held",
+        "_upgrading",
         "_write_paused",
         "_writelines",
         "deadline",
@@ -155,6 +162,14 @@ class ProxyProtocol(asyncio.Protocol):
         self._pending_head: bytes | None = None  # response head not yet written (goes with the first chunk)
         self._write_paused = False
         self._gate = ReadGate()
+        # upgrades: the exchange that asked to switch protocols, what the client sent after that request,
+        # and once the upstream said 101 the connection carrying the tunnel and how far each side got
+        self._upgrading: Exchange | None = None
+        self._upgrade_held = b""
+        self._tunnel: UpstreamSide | None = None
+        self._tunnel_seen = 0  # bytes both ways at the last idle check
+        self._tunnel_client_ended = False
+        self._tunnel_upstream_ended = False
         self._lost = False
         self._deferred_reject: tuple[int, str] | None = None
         self._in_head = False
@@ -171,6 +186,7 @@ class ProxyProtocol(asyncio.Protocol):
             limits.upstream_timeout,
             LINGER_SECONDS,
             limits.idle_timeout,
+            limits.tunnel_idle_timeout,
         )
         self.deadline = 0.0  # what the sweep reads: the earlier of the two below
         self._stage_deadline = 0.0
@@ -223,6 +239,14 @@ class ProxyProtocol(asyncio.Protocol):
         closes at once; so does a request cut short, which the upstream must not wait on). With
         ``abort_on_client_eof`` the client is gone: reset, and connection_lost ends the exchange."""
         self._gate.mark_input_ended()
+        tunnel = self._tunnel
+        if tunnel is not None:
+            # The client's side of a tunnel ended: pass the half-close on where the upstream can take it.
+            self._tunnel_client_ended = True
+            if not self._tunnel_upstream_ended and self._transport.can_write_eof() and tunnel.half_close():
+                return True  # (over TLS neither side can half-close: there the end of either ends the tunnel)
+            tunnel.end_tunnel()
+            return None
         if self._lingering or not self.busy or self._parsing is not None:
             return None
         if self._limits.abort_on_client_eof:
@@ -261,8 +285,14 @@ class ProxyProtocol(asyncio.Protocol):
                 self._start_queued()
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._active.request_bytes += len(data)  # type: ignore[union-attr]
+            tunnel.send(data)
+            return
         if self._gate.input_ended:
             return
+        switching: bytes | None = None
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as exc:
@@ -273,11 +303,13 @@ class ProxyProtocol(asyncio.Protocol):
                 self._reject(cause.status, cause.detail)
                 return
             raise
-        except HttpParserUpgrade:
-            self._reject(501, "protocol upgrades are not supported")
-            return
+        except HttpParserUpgrade as upgrade:
+            switching = data[upgrade.args[0] :]  # handled below, outside this except: no chained context
         except HttpParserError as exc:
             self._reject(400, str(exc) or "malformed request")
+            return
+        if switching is not None:
+            self._upgrade_requested(switching)
             return
         if self._in_head:
             # A head still incomplete: bound what the parser may be holding for it. A piece that also
@@ -322,7 +354,11 @@ class ProxyProtocol(asyncio.Protocol):
             head.parts = None  # nothing goes upstream; later fields are trailers
             self._answer_health(exchange)
         else:
-            exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding)
+            tunnel = None if http10 else head.tunnel
+            if tunnel is not None:
+                exchange.upgrade = tunnel
+                self._upgrading = exchange
+            exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding, tunnel)
         if self._active is None:
             self._start(exchange)
             if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
@@ -433,7 +469,8 @@ class ProxyProtocol(asyncio.Protocol):
     def _arm_send(self) -> None:
         """Start the send deadline unless it runs already: idle_timeout for the client to read again."""
         if not self._send_deadline and not self._lost:
-            self._send_deadline = _now() + self._limits.idle_timeout
+            limits = self._limits
+            self._send_deadline = _now() + (limits.idle_timeout if self._tunnel is None else limits.tunnel_idle_timeout)
             self._sync_deadline()
 
     def _sync_deadline(self) -> None:
@@ -487,8 +524,11 @@ class ProxyProtocol(asyncio.Protocol):
 
     def start_response(self, exchange: Exchange, pipe: Any, parts: list[bytes], close_delimited: bool) -> None:
         """The upstream's response head arrived: finish the client's head, connect the body's Pipe."""
+        switched = exchange.upstream_status == 101
         keep_alive = exchange.keep_alive and not close_delimited and not self._proxy.draining
-        if not keep_alive:
+        if switched:
+            pass  # the 101 carries its own Connection: upgrade
+        elif not keep_alive:
             parts.append(b"Connection: close\r\n")
         elif exchange.http10:
             parts.append(b"Connection: keep-alive\r\n")
@@ -504,6 +544,54 @@ class ProxyProtocol(asyncio.Protocol):
         if self._write_paused:
             pipe.pause_producing()
         pipe.connect(self)
+        if exchange is self._upgrading:
+            self._upgrade_answered(exchange, switched)
+
+    # -- protocol upgrades (WebSocket) -----------------------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The parser stopped after a request to switch protocols; ``rest`` is what the client sent after it.
+        That is the tunnel's if the upstream switches, HTTP if it does not: hold it, read nothing more."""
+        if self._upgrading is None:
+            # h2c, or an Upgrade dropped with HTTP/1.0: the request went on as plain HTTP, and so does this.
+            if rest:
+                self.data_received(rest)
+            return
+        self._upgrade_held = rest
+        self._gate.pause(UPGRADING)
+
+    def _upgrade_answered(self, exchange: Exchange, switched: bool) -> None:
+        self._upgrading = None
+        held = self._upgrade_held
+        self._upgrade_held = b""
+        if switched:
+            upstream = exchange.upstream
+            assert upstream is not None
+            self._tunnel = upstream
+            self._tunnel_seen = 0
+            self._arm(_TUNNEL)  # from now on no request timeout applies
+            if held:
+                exchange.request_bytes += len(held)
+                upstream.send(held)
+            self._gate.resume(UPGRADING)
+            return
+        # Not switched: an ordinary response, and the connection goes on as HTTP.
+        self._gate.resume(UPGRADING)
+        if held:
+            self.data_received(held)
+
+    def tunnel_upstream_ended(self, exchange: Exchange) -> bool:
+        """The upstream half-closed the tunnel: so does the client's side where it can (not over TLS)."""
+        self._tunnel_upstream_ended = True
+        transport = self._transport
+        if self._lost or self._tunnel_client_ended or not transport.can_write_eof():
+            return False
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            transport.write(head)
+        transport.write_eof()
+        return True
 
     def flush_head(self, exchange: Exchange) -> None:
         """Send a response head that no body chunk carried out (the head came alone)."""
@@ -533,7 +621,7 @@ class ProxyProtocol(asyncio.Protocol):
             if head is not None:
                 self._pending_head = None
                 self._transport.write(head)
-            self._finish(exchange, COMPLETE)
+            self._finish(exchange, UPGRADED if self._tunnel is not None else COMPLETE)
             return
         reason = exchange.end_reason
         if reason is None:
@@ -558,6 +646,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _finish(self, exchange: Exchange, reason: str) -> None:
         self._active = None
+        self._tunnel = None
         now = _now()
         if self._proxy.recording:
             pipe = exchange.pipe
@@ -721,7 +810,9 @@ class ProxyProtocol(asyncio.Protocol):
         self._reset()  # connection_lost ends an exchange still waiting for its response head
 
     def _stage_expired(self, kind: int) -> None:
-        if kind == _HEADER:
+        if kind == _TUNNEL:
+            self._tunnel_idle()
+        elif kind == _HEADER:
             if self._in_head:
                 self._reject(408, "request head not received in time")
             else:
@@ -748,6 +839,20 @@ class ProxyProtocol(asyncio.Protocol):
                 return
             exchange.abandon_upstream()
             self._fail_exchange(exchange, 504, TIMEOUT, "the upstream did not answer in time")
+
+    def _tunnel_idle(self) -> None:
+        """The tunnel's idle check: bytes moved either way since the last one keep it; none end it."""
+        exchange = self._active
+        pipe = self._pipe
+        if exchange is None or pipe is None or self._tunnel is None:
+            return
+        seen = exchange.request_bytes + pipe.nbytes
+        if seen != self._tunnel_seen:
+            self._tunnel_seen = seen
+            self._arm(_TUNNEL)
+            return
+        exchange.end_reason = TIMEOUT
+        pipe.cancel()  # releases the upstream; end() resets the client
 
     @property
     def busy(self) -> bool:

@@ -7,8 +7,9 @@ very bytes objects the socket delivered, sliced only where the message ends: the
 end (for chunked) and never copies the body. ``CopyingUpstreamConnection`` forwards the parser's body
 copies instead; it exists to measure what zero-copy saves.
 
-When the body's Pipe is released, the connection goes back to the pool if the message was complete, both
-sides wanted keep-alive and nothing else arrived; otherwise it is closed.
+When the body's Pipe is released, the connection goes back to the pool if the response was complete and
+kept alive by the upstream, the whole request had been sent, and nothing else arrived; otherwise it is
+closed (a tunnel after a 101 is never pooled).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import ssl
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Union
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from .._backend import Pipe
 from . import headers as h
@@ -50,9 +51,10 @@ class Reading(IntEnum):
     EMPTY = 3  # nothing: HEAD request, 204, 304
     UNTIL_CLOSE = 4  # a body that ends when the upstream closes, passed raw to a client that learns the end so too
     ENCODE = 5  # a body that ends when the upstream closes, re-framed as chunked for an HTTP/1.1 client
+    TUNNEL = 6  # after a 101: raw bytes both ways until both sides end
 
 
-HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE = Reading
+HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL = Reading
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
@@ -99,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_spare_fd",
         "_transfer_encoding",
         "_transport",
+        "_upgrade",
         "_write_paused",
         "closed",
         "got_bytes",
@@ -117,6 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parts: list[bytes] = [b""]
         self._content_length = -1
         self._transfer_encoding: bytes | None = None
+        self._upgrade: bytes | None = None  # the response's Upgrade value (a 101 needs it)
         self._drop_names: list[bytes] | None = None
         self._interim = False
         self._interim_bytes = 0
@@ -166,6 +170,13 @@ class UpstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         pipe = self._pipe
         mode = self._mode
+        if mode == TUNNEL and pipe is not None:
+            exchange = self._exchange
+            assert exchange is not None
+            if exchange.client.tunnel_upstream_ended(exchange):
+                return True  # half-closed: the client's side may still send
+            self.end_tunnel()
+            return None
         if pipe is not None and (mode == UNTIL_CLOSE or mode == ENCODE):
             # The one framing where a close is the clean end of the body.
             self._exchange = None
@@ -277,6 +288,20 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             os.close(fd)
 
+    def half_close(self) -> bool:
+        transport = self._transport
+        if self.closed or not transport.can_write_eof():
+            return False
+        transport.write_eof()
+        return True
+
+    def end_tunnel(self) -> None:
+        pipe = self._pipe
+        if pipe is not None:
+            self._exchange = self._pipe = None
+            self._mode = HEAD
+            pipe.feed_eof()
+
     def pause_reading(self) -> None:
         """The client is not taking the interim responses relayed to it: stop reading more of them."""
         if not self.closed:
@@ -308,6 +333,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parts = [b""]
         self._content_length = -1
         self._transfer_encoding = None
+        self._upgrade = None
         self._drop_names = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -322,6 +348,8 @@ class UpstreamConnection(asyncio.Protocol):
         elif kind == h.TRANSFER_ENCODING:
             te = self._transfer_encoding
             self._transfer_encoding = value if te is None else te + b"," + value
+        elif kind == h.UPGRADE:
+            self._upgrade = value
         elif kind == h.CONNECTION:
             try:
                 names = h.connection_tokens(value)
@@ -343,9 +371,11 @@ class UpstreamConnection(asyncio.Protocol):
         parts = self._parts
         if self._drop_names is not None:
             parts = h.without_names(parts, self._drop_names)
+        if status == 101:
+            self._scan = end + 4
+            self._open_tunnel(exchange, parts)
+            return
         if status < 200:
-            if status == 101:
-                raise _BadResponse("101 Switching Protocols without an upgrade request")
             # Interim heads count against the head limit together: an origin streaming 103s forever
             # must not grow the client's buffer (or this one) without bound.
             self._interim_bytes += end + 4 - self._scan
@@ -392,6 +422,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._mode = mode
         exchange.client.start_response(exchange, pipe, parts, close_delimited)
 
+    def _open_tunnel(self, exchange: Exchange, parts: list[bytes]) -> None:
+        """A 101 to an upgrade request: relay its head, then the raw bytes both ways (it is not pooled)."""
+        upgrade = self._upgrade
+        if exchange.upgrade is None or upgrade is None:
+            raise _BadResponse("101 Switching Protocols without an upgrade request and its Upgrade header")
+        parts[0] = h.status_line(101)
+        parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", upgrade, b"\r\n")
+        self._keep_alive = False
+        exchange.upstream_status = 101
+        pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
+        exchange.pipe = self._pipe = pipe
+        self._mode = TUNNEL
+        exchange.client.start_response(exchange, pipe, parts, True)
+
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
@@ -404,6 +448,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Parse ``data``; False if the exchange failed (already reported)."""
         try:
             self._parser.feed_data(data)
+        except HttpParserUpgrade:
+            return True  # after a 101 the parser stops; what follows the head is the tunnel's
         except HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _ExtraBytes):
@@ -414,6 +460,8 @@ class UpstreamConnection(asyncio.Protocol):
                 return False
             raise
         except HttpParserError as exc:
+            if self._mode == TUNNEL:
+                return True  # a 101 the parser did not take for an upgrade: the bytes after it are the tunnel's
             if self._message_done:
                 self._desync = True  # junk after a complete response
                 return True
@@ -495,7 +543,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete()
         elif not piece:
             return
-        elif mode == UNTIL_CLOSE:
+        elif mode == UNTIL_CLOSE or mode == TUNNEL:
             pipe.feed(piece)
         else:  # ENCODE
             pipe.feed(b"%x\r\n" % len(piece) + piece + b"\r\n")
