@@ -267,9 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = subparsers.add_parser("demo", help="run the built-in demos", description="Run the built-in demos.")
     demo.add_argument("which", nargs="?", choices=("hazard", "proxy", "all"), default="all")
     demo.add_argument("rest", nargs=argparse.REMAINDER, help="options passed on to the demo")
+    check = subparsers.add_parser("check-config", help="check a gateway configuration file (print its routes)")
+    check.add_argument("file", metavar="FILE", help="the TOML file; problems are printed as FILE:LINE: message")
     args = parser.parse_args(argv)
     if args.command == "proxy":
         return _proxy(args, argv)
+    if args.command == "check-config":
+        from .gateway.check import check_config_main
+
+        return check_config_main([args.file])
     return _demo(args)
 
 
