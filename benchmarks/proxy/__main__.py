@@ -1,6 +1,7 @@
 """Run the proxy harness: ``python -m benchmarks.proxy [--quick] [--only PEER ...] [--cells small,bulk,...]``.
 
-Starts the origins (nginx static files + a Python SSE origin) and, cell after cell, each peer pinned alone on
+Starts the origins (nginx static files, over TLS too for the TLS cells; a Python SSE origin; a WebSocket echo
+origin for the WebSocket cells) and, cell after cell, each peer pinned alone on
 the proxy core, drives it from the load core, and prints a progress line per cell; at the end a markdown table
 of absolute figures and ratios (stdout and ``--markdown``), the raw results (``--json``) and a chart (``--chart``).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cpu, load, nginx, origin, report
-from .cells import WORKLOADS, CellResult, Settings, run_cell
+from .cells import DEFAULT_CELLS, WORKLOADS, CellResult, Settings, Workload, run_cell
 from .peers import PEERS
 from .processes import REPO_ROOT, install_cleanup, raise_fd_limit, stop_all
 
@@ -36,15 +37,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="runs of every cell (default 3; quick 1)")
     parser.add_argument("--duration", type=float, help="seconds measured per cell (default 8; quick 2)")
     parser.add_argument("--warmup", type=float, help="seconds of load before each measurement (default 1; quick 0.5)")
-    parser.add_argument(
-        "--cells", default="small,bulk,sse,idle", help="workloads, comma-separated: small,bulk,sse,idle"
-    )
+    parser.add_argument("--cells", default=DEFAULT_CELLS, help=f"workloads, comma-separated (default {DEFAULT_CELLS})")
     parser.add_argument("--only", nargs="+", metavar="PEER", help=f"peers to run, of: {' '.join(PEERS)}")
     parser.add_argument("--skip", nargs="+", metavar="PEER", default=[], help="peers to leave out")
     parser.add_argument("--idle-connections", type=int, help="held streams in the idle cell (default 10000)")
     parser.add_argument("--idle-runs", type=int, default=1, help="runs that include the idle cell (1)")
-    parser.add_argument("--connections", type=int, default=64, help="connections for small and sse (64)")
-    parser.add_argument("--bulk-connections", type=int, default=4, help="connections for bulk (4)")
+    parser.add_argument("--connections", type=int, default=64, help="connections for small, sse, ws-small (64)")
+    parser.add_argument("--bulk-connections", type=int, default=4, help="connections for bulk and ws-bulk (4)")
+    parser.add_argument("--ws-message-size", type=int, default=1024, help="bytes per ws-small message (1024)")
+    parser.add_argument("--ws-bulk-message-size", type=int, default=1 << 20, help="bytes per ws-bulk message (1 MiB)")
     parser.add_argument("--sse-events", type=int, default=100, help="events per SSE stream (100)")
     parser.add_argument("--sse-interval-ms", type=float, default=1.0, help="ms between events; 0 = burst (1)")
     parser.add_argument("--sse-event-size", type=int, default=100, help="bytes per event (100)")
@@ -104,6 +105,16 @@ def fastpipe_revision() -> str:
     return commit + (" with uncommitted changes in src/" if dirty else "")
 
 
+def describe_origins(use_nginx: bool, workloads: list[Workload]) -> str:
+    static = "nginx " + nginx.version() if use_nginx else "Python"
+    text = f"{static} (static), Python (SSE)"
+    if any(w.origin == "tls" for w in workloads):
+        text += f"; TLS cells: {static} over TLS 1.3, certificate from a throwaway CA, verified by the proxies"
+    if any(w.origin == "ws" for w in workloads):
+        text += "; WebSocket cells: a hand-written uvloop echo origin"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_cleanup()
@@ -154,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         use_wrk=use_wrk,
         plan=plan,
         workdir=workdir,
+        ws_message_size=args.ws_message_size,
+        ws_bulk_message_size=args.ws_bulk_message_size,
     )
     results: list[CellResult] = []
     revision = fastpipe_revision()  # before the run: the tree may change while it goes on
@@ -161,11 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     interrupted = False
     try:
-        origins = origin.start(workdir, cpus=plan.load_cpus, use_nginx=use_nginx)
-        per_run = [
-            sum(1 for w in workloads if w.name != "idle" or run <= args.idle_runs) for run in range(1, args.runs + 1)
-        ]
-        total = sum(per_run) * len(runnable)
+        origins = origin.start(
+            workdir,
+            cpus=plan.load_cpus,
+            use_nginx=use_nginx,
+            tls=any(w.origin == "tls" for w in workloads),
+            ws=any(w.origin == "ws" for w in workloads),
+        )
+        total = sum(
+            sum(1 for peer in runnable if workload.kind in peer.kinds)
+            for run in range(1, args.runs + 1)
+            for workload in workloads
+            if workload.name != "idle" or run <= args.idle_runs
+        )
         index = 0
         for run in range(1, args.runs + 1):
             for workload in workloads:
@@ -173,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 shift = (run - 1) % max(1, len(runnable))
                 for peer in runnable[shift:] + runnable[:shift]:  # rotate so no peer always goes first
+                    if workload.kind not in peer.kinds:
+                        continue
                     index += 1
                     head = f"[{index}/{total}] run {run}/{args.runs} {workload.name:5} {peer.name:11}"
                     print(head + " ...", file=sys.stderr, flush=True)
@@ -206,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "fastpipe": revision,
         "pinning": pinning,
-        "origin": f"{'nginx ' + nginx.version() if use_nginx else 'Python'} (static), Python (SSE)",
-        "generator": "wrk, 1 thread" if use_wrk else "Python client",
+        "origin": describe_origins(use_nginx, workloads),
+        "generator": ("wrk, 1 thread" if use_wrk else "Python client")
+        + ("; WebSocket: Python raw-frame echo client" if any(w.origin == "ws" for w in workloads) else ""),
         "runs": args.runs,
         "duration": args.duration,
         "skipped": skipped,

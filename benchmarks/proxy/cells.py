@@ -7,6 +7,12 @@ Workloads:
          each event's delay (the origin's send time to the client's arrival time), once alone and once under
          the load: streams/s, per-event latency, CPU µs per stream
   idle   N held SSE streams (head and one event, then silence): proxy RSS per stream
+  small-tls, bulk-tls   small and bulk with the origin reached over TLS (the client still speaks plaintext
+         to the proxy; the proxy verifies the origin's certificate and keeps its TLS connections alive)
+  ws-small  WebSocket echo through the proxy: 64 connections, closed loop, 1 KiB text messages:
+         messages/s, round-trip latency, CPU µs per echoed message (one frame each way)
+  ws-bulk   WebSocket echo, 4 connections, 1 MiB binary messages: MiB/s and CPU seconds per GiB, counting the
+         payload both ways (an echoed 1 MiB message is 2 MiB through the proxy)
 
 A contaminated window (other load on the box) is retried; the cleanest attempt is kept and flagged if needed.
 """
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cpu, load
-from .origin import BULK_PATH, HOST, SMALL_PATH, Origins
+from .origin import BULK_PATH, HOST, SMALL_PATH, WS_PATH, Origins
 from .peers import Peer, RunningPeer
 from .processes import Managed, StartError, wait_http_ready
 
@@ -45,24 +51,38 @@ class Settings:
     use_wrk: bool
     plan: cpu.CorePlan
     workdir: Path
+    ws_message_size: int = 1024
+    ws_bulk_message_size: int = MIB
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
     title: str
-    uses_stream_origin: bool
+    origin: str  # which origin: "static", "stream", "tls", "ws" (Origins.upstream)
+    metric: str  # what its cost is per: "request", "gib", "stream", "idle", "message"
+    kind: str = "http"  # which peers take part (Peer.kinds): "http", "tls", "ws"
+
+    @property
+    def bulk(self) -> bool:
+        """Few connections, big bodies or messages."""
+        return self.metric == "gib"
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("small", "1 KiB responses, keep-alive", False),
-        Workload("bulk", "16 MiB responses", False),
-        Workload("sse", "paced SSE streams", True),
-        Workload("idle", "held idle SSE streams", True),
+        Workload("small", "1 KiB responses, keep-alive", "static", "request"),
+        Workload("bulk", "16 MiB responses", "static", "gib"),
+        Workload("sse", "paced SSE streams", "stream", "stream"),
+        Workload("idle", "held idle SSE streams", "stream", "idle"),
+        Workload("small-tls", "1 KiB responses from an HTTPS origin", "tls", "request", "tls"),
+        Workload("bulk-tls", "16 MiB responses from an HTTPS origin", "tls", "gib", "tls"),
+        Workload("ws-small", "WebSocket echo, 1 KiB messages", "ws", "message", "ws"),
+        Workload("ws-bulk", "WebSocket echo, 1 MiB messages", "ws", "gib", "ws"),
     )
 }
+DEFAULT_CELLS = "small,bulk,sse,idle,small-tls,bulk-tls,ws-small,ws-bulk"
 
 
 @dataclass
@@ -76,13 +96,13 @@ class CellResult:
     requests: int = 0
     bytes: int = 0
     errors: int = 0
-    rate: float = 0.0  # requests/s (small), MiB/s (bulk), streams/s (sse)
+    rate: float = 0.0  # requests/s (small), MiB/s (bulk, ws-bulk), streams/s (sse), messages/s (ws-small)
     latency_us: dict[str, float] = field(default_factory=dict)
     event_delay_us: dict[str, float] = field(default_factory=dict)  # the probe stream under load
     event_delay_alone_us: dict[str, float] = field(default_factory=dict)  # the probe stream alone
     proxy_cpu_s: float | None = None
     proxy_process_cpu_s: float | None = None
-    cost: float | None = None  # µs per request (small), s per GiB (bulk), µs per stream (sse)
+    cost: float | None = None  # µs per request (small), s per GiB (bulk), µs per stream (sse), µs per message
     rss_kib_per_stream: float | None = None
     idle_established: int = 0
     idle_failed: int = 0
@@ -100,22 +120,27 @@ class CellResult:
         if self.error:
             return f"FAILED: {self.error[:200]}"
         parts: list[str] = []
-        if self.workload == "small":
+        metric = WORKLOADS[self.workload].metric
+        if metric == "request":
             parts.append(f"{self.rate:,.0f} req/s, p99 {self.latency_us.get('p99', 0) / 1000:.2f} ms")
             if self.cost is not None:
                 parts.append(f"{self.cost:.1f} µs CPU/req")
-        elif self.workload == "bulk":
+        elif metric == "message":
+            parts.append(f"{self.rate:,.0f} msg/s, p99 {self.latency_us.get('p99', 0) / 1000:.2f} ms")
+            if self.cost is not None:
+                parts.append(f"{self.cost:.1f} µs CPU/msg")
+        elif metric == "gib":
             parts.append(f"{self.rate:,.0f} MiB/s")
             if self.cost is not None:
                 parts.append(f"{self.cost:.2f} s CPU/GiB")
-        elif self.workload == "sse":
+        elif metric == "stream":
             alone, loaded = self.event_delay_alone_us.get("p50"), self.event_delay_us.get("p50")
             parts.append(f"{self.rate:,.0f} streams/s")
             if alone is not None and loaded is not None:
                 parts.append(f"event delay p50 {alone:.0f} µs alone, {loaded:.0f} µs loaded")
             if self.cost is not None:
                 parts.append(f"{self.cost:.0f} µs CPU/stream")
-        elif self.workload == "idle":
+        elif metric == "idle":
             parts.append(f"{self.idle_established} streams held")
             if self.rss_kib_per_stream is not None:
                 parts.append(f"{self.rss_kib_per_stream:.1f} KiB RSS/stream")
@@ -156,32 +181,42 @@ def proxy_pids(running: RunningPeer) -> list[int]:
 def measure_load(
     peer: Peer, workload: Workload, running: RunningPeer, origins: Origins, settings: Settings, run: int
 ) -> CellResult:
-    """small, bulk and sse: warm up, then one measured window."""
-    base = f"http://{HOST}:{running.port}"
-    path = {"small": SMALL_PATH, "bulk": BULK_PATH, "sse": sse_path(settings)}[workload.name]
-    connections = settings.bulk_connections if workload.name == "bulk" else settings.connections
+    """Every workload but idle: warm up, then one measured window."""
+    direct_tls = running.process is None and workload.origin == "tls"  # no proxy: the client speaks TLS itself
+    base = f"{'https' if direct_tls else 'http'}://{HOST}:{running.port}"
+    ws = workload.origin == "ws"
+    if ws:
+        path = WS_PATH
+    else:
+        path = {"request": SMALL_PATH, "gib": BULK_PATH, "stream": sse_path(settings)}[workload.metric]
+    connections = settings.bulk_connections if workload.bulk else settings.connections
+    size = settings.ws_bulk_message_size if workload.bulk else settings.ws_message_size
     load_cpus = settings.plan.load_cpus
     workdir = settings.workdir
-    if settings.warmup > 0:
-        load.run_http(
-            base + path, connections, settings.warmup, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
+
+    def drive(seconds: float) -> load.LoadResult:
+        if ws:
+            return load.run_ws(base + path, connections, seconds, size, workdir=workdir, cpus=load_cpus)
+        return load.run_http(
+            base + path, connections, seconds, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
         )
+
+    if settings.warmup > 0:
+        drive(settings.warmup)
     unloaded_delay: dict[str, float] = {}
-    if workload.name == "sse":  # one stream alone first: the per-event delay with no queueing behind others
+    if workload.metric == "stream":  # one stream alone first: the per-event delay with no queueing behind others
         alone_s = min(PROBE_ALONE_S, settings.duration)
         alone = load.start_client("sse", base + path, 1, alone_s, workdir=workdir, cpus=load_cpus, name="client-probe")
         unloaded_delay = load.finish_client(alone, alone_s).event_delay_us
     cpu.wait_idle(proxy_pids(running))  # leftovers of the warm-up must not land in the window
     probe: Managed | None = None
-    if workload.name == "sse":
+    if workload.metric == "stream":
         probe = load.start_client(
             "sse", base + path, 1, settings.duration, workdir=workdir, cpus=load_cpus, name="client-probe"
         )
     try:
         first = cpu.snapshot()
-        result = load.run_http(
-            base + path, connections, settings.duration, workdir=workdir, cpus=load_cpus, use_wrk=settings.use_wrk
-        )
+        result = drive(settings.duration)
         last = cpu.snapshot()  # at once: what the proxy does after the load stops is not work done
         ours = origin_pids(origins) + (probe.group_pids() if probe is not None else [])
         window = cpu.between(first, last, settings.plan, proxy_pids(running), ours)
@@ -193,12 +228,12 @@ def measure_load(
     cell.requests, cell.bytes, cell.errors = result.requests, result.bytes, result.errors
     cell.latency_us = result.latency_us
     work: float
-    if workload.name == "small":
+    if workload.metric in ("request", "message"):
         cell.rate = result.per_second
-        work = result.requests / 1e6  # cost in µs per request
-    elif workload.name == "bulk":
+        work = result.requests / 1e6  # cost in µs per request or per echoed message
+    elif workload.metric == "gib":
         cell.rate = result.bytes / MIB / result.duration_s
-        work = result.bytes / GIB  # cost in s per GiB
+        work = result.bytes / GIB  # cost in s per GiB (WebSocket: the payload both ways)
     else:
         assert probe_result is not None
         cell.requests += probe_result.requests
@@ -268,15 +303,16 @@ def run_cell(
     announce: Callable[[str], None],
 ) -> CellResult:
     """Measure one cell, retrying contaminated attempts; a failure becomes a result with ``error`` set."""
-    upstream_port = origins.stream_port if workload.uses_stream_origin else origins.static_port
-    measure = measure_idle if workload.name == "idle" else measure_load
+    upstream = origins.upstream(workload.origin)
+    measure = measure_idle if workload.metric == "idle" else measure_load
     best: CellResult | None = None
     for attempt in range(1, settings.retries + 2):
         cpu.wait_until_quiet(settings.plan, settings.quiet_wait)
         running: RunningPeer | None = None
         try:
-            running = peer.start(upstream_port, settings.workdir, settings.plan.proxy_cpus)
-            wait_http_ready(running.process, HOST, running.port, SMALL_PATH)
+            running = peer.start(upstream, workload.kind, settings.workdir, settings.plan.proxy_cpus)
+            if running.process is not None:  # the origins were checked when they started
+                wait_http_ready(running.process, HOST, running.port, SMALL_PATH)
             cell = measure(peer, workload, running, origins, settings, run)
         except (StartError, load.LoadError, OSError) as exc:
             return CellResult(peer.name, workload.name, run, attempt=attempt, error=f"{type(exc).__name__}: {exc}")

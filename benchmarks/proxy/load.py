@@ -3,7 +3,8 @@
 wrk is the generator whenever it is installed: one thread on the load core spends a few µs per request, so
 the proxy, not the generator, is what a cell measures. Without wrk the Python clients take its place (about
 ten times the CPU per request, so throughput figures then show the generator's limit: the report says which
-generator ran). The SSE latency probe and the idle-streams holder are always the Python clients.
+generator ran). The SSE latency probe, the idle-streams holder and the WebSocket echo client are always the
+Python clients.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -108,13 +110,21 @@ def run_wrk(url: str, connections: int, duration: float, *, workdir: Path, cpus:
 
 
 def start_client(
-    mode: str, url: str, connections: int, duration: float, *, workdir: Path, cpus: frozenset[int] | None, name: str
+    mode: str,
+    url: str,
+    connections: int,
+    duration: float,
+    *,
+    workdir: Path,
+    cpus: frozenset[int] | None,
+    name: str,
+    extra: Sequence[str] = (),
 ) -> Managed:
     """Start a Python client (``clients.py``); its JSON result is read by ``finish_client``."""
     log = workdir / "logs" / f"{name}.log"
     log.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "benchmarks.proxy.clients", mode, "--url", url]
-    argv += ["--connections", str(connections), "--duration", str(duration)]
+    argv += ["--connections", str(connections), "--duration", str(duration), *extra]
     return spawn(name, argv, log_dir=workdir / "logs", cpus=cpus)
 
 
@@ -142,6 +152,15 @@ def run_http(
     if use_wrk:
         return run_wrk(url, connections, duration, workdir=workdir, cpus=cpus)
     client = start_client("http", url, connections, duration, workdir=workdir, cpus=cpus, name="client-http")
+    return finish_client(client, duration)
+
+
+def run_ws(
+    url: str, connections: int, duration: float, size: int, *, workdir: Path, cpus: frozenset[int] | None
+) -> LoadResult:
+    """WebSocket echo in a closed loop (the Python raw-frame client; wrk speaks no WebSocket)."""
+    extra = ("--message-size", str(size))
+    client = start_client("ws", url, connections, duration, workdir=workdir, cpus=cpus, name="client-ws", extra=extra)
     return finish_client(client, duration)
 
 

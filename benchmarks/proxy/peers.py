@@ -3,6 +3,12 @@
 A peer is started fresh for every cell (so each measures from a clean process) pinned alone on the proxy core.
 "none" starts nothing: the load goes straight to the origin. A peer that cannot run here (nginx not installed,
 fastpipe's proxy not there yet, compiled Pipe not built) is skipped with the reason in the report.
+
+Each peer lists the kinds of cell it takes part in (``Peer.kinds``): every peer the plaintext HTTP cells;
+fastpipe and nginx also the TLS-upstream cells ("tls") and the WebSocket cells ("ws"); the bare relay the
+WebSocket cells (it carries WebSocket bytes as they are) but not the TLS ones (relaying TLS bytes would be
+TLS passthrough, not a proxy that terminates TLS towards the origin: a different thing); the Python proxies
+only the plaintext HTTP cells.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from . import nginx
-from .origin import HOST
+from .origin import HOST, Upstream
 from .processes import REPO_ROOT, Managed, free_port, spawn
 
 PEER_SCRIPTS = REPO_ROOT / "benchmarks" / "proxy" / "peers"
@@ -31,46 +37,56 @@ class RunningPeer:
             self.process.stop()
 
 
+# launch(upstream, kind of cell, listening port, workdir, cpus): kind is "http", "tls" or "ws"
+Launch = Callable[[Upstream, str, int, Path, "frozenset[int] | None"], Managed]
+HTTP_ONLY = frozenset({"http"})
+EVERY_KIND = frozenset({"http", "tls", "ws"})
+
+
 @dataclass(frozen=True)
 class Peer:
     name: str
     label: str
     kind: str  # "none" | "reference" | "relay" | "fastpipe" | "python"
-    launch: Callable[[str, int, Path, frozenset[int] | None], Managed] | None
+    launch: Launch | None
     check: Callable[[], str | None]
+    kinds: frozenset[str] = HTTP_ONLY  # the kinds of cell it takes part in: "http", "tls", "ws"
 
     def unavailable(self) -> str | None:
         """Why this peer cannot run here, or None."""
         return self.check()
 
-    def start(self, upstream_port: int, workdir: Path, cpus: frozenset[int] | None) -> RunningPeer:
+    def start(self, upstream: Upstream, cell_kind: str, workdir: Path, cpus: frozenset[int] | None) -> RunningPeer:
         if self.launch is None:
-            return RunningPeer(upstream_port, None)
+            return RunningPeer(upstream.port, None)
         port = free_port()
-        upstream = f"{HOST}:{upstream_port}"
-        return RunningPeer(port, self.launch(upstream, port, workdir, cpus))
+        return RunningPeer(port, self.launch(upstream, cell_kind, port, workdir, cpus))
 
 
-def python_script(script: str, name: str) -> Callable[[str, int, Path, frozenset[int] | None], Managed]:
-    def launch(upstream: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
-        argv = [sys.executable, str(PEER_SCRIPTS / script), "--upstream", f"http://{upstream}"]
+def python_script(script: str, name: str) -> Launch:
+    def launch(upstream: Upstream, cell_kind: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
+        argv = [sys.executable, str(PEER_SCRIPTS / script), "--upstream", upstream.url]
         return spawn(name, [*argv, "--listen", f"{HOST}:{port}"], log_dir=workdir / "logs", cpus=cpus)
 
     return launch
 
 
-def fastpipe_cli(name: str, twin: bool) -> Callable[[str, int, Path, frozenset[int] | None], Managed]:
-    def launch(upstream: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
-        argv = [sys.executable, "-m", "fastpipe", "proxy", "--upstream", f"http://{upstream}"]
+def fastpipe_cli(name: str, twin: bool) -> Launch:
+    def launch(upstream: Upstream, cell_kind: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
+        argv = [sys.executable, "-m", "fastpipe", "proxy", "--upstream", upstream.url]
+        if upstream.tls is not None:  # verified against the run's CA, the certificate's name sent as SNI
+            argv += ["--upstream-ca", str(upstream.tls.ca), "--upstream-sni", upstream.tls.name]
         env = {"FASTPIPE_NO_EXTENSIONS": "1"} if twin else None
         return spawn(name, [*argv, "--listen", f"{HOST}:{port}"], log_dir=workdir / "logs", cpus=cpus, env=env)
 
     return launch
 
 
-def launch_nginx(upstream: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
+def launch_nginx(upstream: Upstream, cell_kind: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
     root = workdir / f"nginx-proxy-{port}"
-    return nginx.start_proxy(root, upstream, HOST, port, log_dir=workdir / "logs", cpus=cpus)
+    return nginx.start_proxy(
+        root, upstream.address, HOST, port, log_dir=workdir / "logs", cpus=cpus, variant=cell_kind, tls=upstream.tls
+    )
 
 
 def always() -> str | None:
@@ -113,15 +129,23 @@ def compiled_pipe_missing() -> str | None:
 PEERS: dict[str, Peer] = {
     peer.name: peer
     for peer in (
-        Peer("none", "no proxy (client to origin)", "none", None, always),
-        Peer("nginx", f"nginx {nginx.version()} proxy_pass", "reference", launch_nginx, nginx_missing),
-        Peer("relay", "bare uvloop TCP relay", "relay", python_script("tcp_relay.py", "relay"), always),
+        Peer("none", "no proxy (client to origin)", "none", None, always, EVERY_KIND),
+        Peer("nginx", f"nginx {nginx.version()} proxy_pass", "reference", launch_nginx, nginx_missing, EVERY_KIND),
+        Peer(
+            "relay",
+            "bare uvloop TCP relay",
+            "relay",
+            python_script("tcp_relay.py", "relay"),
+            always,
+            frozenset({"http", "ws"}),
+        ),
         Peer(
             "fastpipe",
             "fastpipe proxy, compiled Pipe",
             "fastpipe",
             fastpipe_cli("fastpipe", False),
             compiled_pipe_missing,
+            EVERY_KIND,
         ),
         Peer(
             "fastpipe-py",
@@ -129,6 +153,7 @@ PEERS: dict[str, Peer] = {
             "fastpipe",
             fastpipe_cli("fastpipe-py", True),
             fastpipe_cli_missing,
+            EVERY_KIND,
         ),
         Peer("aiohttp", "aiohttp proxy on uvloop", "python", python_script("aiohttp_proxy.py", "aiohttp"), always),
         Peer(

@@ -55,7 +55,7 @@ def summarize(folded: Path, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy.profile", description=__doc__)
     parser.add_argument("--peer", default="fastpipe", choices=[p for p, peer in PEERS.items() if peer.kind != "none"])
-    parser.add_argument("--cell", default="small", choices=("small", "bulk", "sse"))
+    parser.add_argument("--cell", default="small", choices=("small", "bulk", "sse", "small-tls", "bulk-tls"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "profile.folded")
@@ -75,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     use_wrk = load.wrk_binary() is not None
     try:
-        origins = origin.start(workdir, cpus=plan.load_cpus, use_nginx=nginx.binary() is not None)
-        path = {"small": SMALL_PATH, "bulk": BULK_PATH, "sse": "/sse?n=100&interval_ms=1&size=100"}[args.cell]
-        upstream = origins.stream_port if args.cell == "sse" else origins.static_port
-        running = peer.start(upstream, workdir, plan.proxy_cpus)
+        tls = args.cell.endswith("-tls")
+        origins = origin.start(workdir, cpus=plan.load_cpus, use_nginx=nginx.binary() is not None, tls=tls)
+        base = args.cell.removesuffix("-tls")
+        path = {"small": SMALL_PATH, "bulk": BULK_PATH, "sse": "/sse?n=100&interval_ms=1&size=100"}[base]
+        upstream = origins.upstream("tls" if tls else "stream" if base == "sse" else "static")
+        running = peer.start(upstream, "tls" if tls else "http", workdir, plan.proxy_cpus)
         assert running.process is not None
         wait_http_ready(running.process, origin.HOST, running.port, SMALL_PATH)
         record = [spy, "record", "--pid", str(running.process.pid), "--rate", str(args.rate), "--nonblocking"]
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler = spawn("py-spy", record, log_dir=workdir / "logs", cpus=plan.load_cpus)
         time.sleep(0.5)  # let py-spy attach before the load starts
         url = f"http://{origin.HOST}:{running.port}{path}"
-        connections = 4 if args.cell == "bulk" else 64
+        connections = 4 if base == "bulk" else 64
         result = load.run_http(url, connections, args.seconds, workdir=workdir, cpus=plan.load_cpus, use_wrk=use_wrk)
         sampler.popen.wait(timeout=args.seconds + 30)
     except subprocess.TimeoutExpired:

@@ -2,6 +2,8 @@
 
 Ratios are taken between medians of the same harness run: CPU cost against nginx, against the best Python
 proxy (aiohttp or Starlette, whichever is cheaper) and against the bare relay; throughput against no proxy.
+The TLS-upstream and WebSocket cells get a table of their own, with their ratios against nginx and the relay
+and each peer's TLS cost against its own plaintext cost.
 A figure marked * comes only from contaminated windows (other load on the box on either core); clean windows
 are preferred.
 """
@@ -65,6 +67,16 @@ class PeerFigures:
     sse_delay_p99: Stat | None = None
     idle_rss: Stat | None = None
     idle_held: int = 0
+    small_tls_rate: Stat | None = None
+    small_tls_p99_us: Stat | None = None
+    small_tls_cost: Stat | None = None
+    bulk_tls_rate: Stat | None = None
+    bulk_tls_cost: Stat | None = None
+    ws_small_rate: Stat | None = None  # messages/s
+    ws_small_p99_us: Stat | None = None  # round trip
+    ws_small_cost: Stat | None = None  # µs per echoed message
+    ws_bulk_rate: Stat | None = None  # MiB/s, both ways
+    ws_bulk_cost: Stat | None = None  # s per GiB, both ways
     errors: int = 0
     failures: list[str] | None = None
 
@@ -102,7 +114,15 @@ def summarize(results: Iterable[CellResult]) -> dict[str, PeerFigures]:
         fig.sse_delay_alone_p50 = stat(sse, lambda c: c.event_delay_alone_us.get("p50"), lambda c: False)
         fig.idle_rss = stat(idle, lambda c: c.rss_kib_per_stream, lambda c: False)
         fig.idle_held = max((c.idle_established for c in idle), default=0)
-        fig.errors = sum(c.errors for cells in (small, bulk, sse, idle) for c in cells)
+        for workload in ("small-tls", "bulk-tls", "ws-small", "ws-bulk"):
+            cells = by_cell.get((name, workload), [])
+            prefix = workload.replace("-", "_")
+            setattr(fig, f"{prefix}_rate", stat(cells, lambda c: c.rate, _dirty))
+            setattr(fig, f"{prefix}_cost", stat(cells, lambda c: c.cost, _dirty))
+            if hasattr(fig, f"{prefix}_p99_us"):
+                setattr(fig, f"{prefix}_p99_us", stat(cells, lambda c: c.latency_us.get("p99"), _dirty))
+            fig.errors += sum(c.errors for c in cells)
+        fig.errors += sum(c.errors for cells in (small, bulk, sse, idle) for c in cells)
         figures[name] = fig
     none = figures.get("none")
     base = none.sse_delay_alone_p50 if none else None
@@ -184,7 +204,81 @@ def targets(figures: dict[str, PeerFigures], subject: str = "fastpipe") -> list[
         applies = ng is not None and ng >= 0.9
         found.append(Target(f"{label} within 10% of no proxy (nginx is: {_x(ng)})", shortfall, 0.10, applies))
     found.append(Target("RSS per idle streaming connection < 16 KiB", _median(fp.idle_rss), 16.0))
+    found += [
+        Target(
+            "CPU per 1 KiB request, TLS upstream <= 1.5x nginx",
+            ratio(fp.small_tls_cost, _of(nginx, "small_tls_cost")),
+            1.5,
+        ),
+        Target("CPU per GiB, TLS upstream <= 1.2x nginx", ratio(fp.bulk_tls_cost, _of(nginx, "bulk_tls_cost")), 1.2),
+        Target(
+            "CPU per GiB, WebSocket bulk <= 1.2x bare relay", ratio(fp.ws_bulk_cost, _of(relay, "ws_bulk_cost")), 1.2
+        ),
+    ]
     return found
+
+
+PLAIN_FIGURES = ("small_cost", "small_rate", "bulk_cost", "bulk_rate", "sse_cost", "sse_rate", "idle_rss")
+NEW_COSTS = ("small_tls_cost", "bulk_tls_cost", "ws_small_cost", "ws_bulk_cost")
+
+
+def tls_and_websocket(figures: dict[str, PeerFigures]) -> list[str]:
+    """The TLS-upstream and WebSocket cells: costs, throughput and same-run ratios; empty when none ran."""
+    if not any(getattr(fig, attr) is not None for fig in figures.values() for attr in NEW_COSTS):
+        return []
+    lines = [
+        "**TLS upstream and WebSocket cells** (the proxy's CPU per unit of work; the client speaks plaintext to "
+        "the proxy, the proxy TLS to the origin; WebSocket: echo, closed loop, per GiB counts the payload both ways)",
+        "",
+        "| peer | µs per 1 KiB request, TLS upstream | s per GiB, TLS upstream | µs per WebSocket message (1 KiB) "
+        "| s per GiB, WebSocket (1 MiB messages) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    shown = [(name, fig) for name, fig in figures.items() if any(getattr(fig, attr) for attr in NEW_COSTS)]
+    for name, fig in shown:
+        if name == "none":
+            continue
+        lines.append(
+            f"| {PEERS[name].label} | {_cell(fig.small_tls_cost, 1)} | {_cell(fig.bulk_tls_cost, 2)} | "
+            f"{_cell(fig.ws_small_cost, 1)} | {_cell(fig.ws_bulk_cost, 2)} |"
+        )
+    lines += [
+        "",
+        "| peer | TLS 1 KiB req/s | TLS p99 ms | TLS 16 MiB MiB/s | WebSocket msg/s | WebSocket p99 ms "
+        "| WebSocket bulk MiB/s (both ways) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [(name, fig) for name, fig in figures.items() if fig.small_tls_rate or fig.ws_small_rate or fig.ws_bulk_rate]
+    for name, fig in rows:
+        label = PEERS[name].label + (" (client speaks TLS to the origin)" if name == "none" else "")
+        lines.append(
+            f"| {label} | {_cell(fig.small_tls_rate)} | {_cell(fig.small_tls_p99_us, 2, 1e-3)} | "
+            f"{_cell(fig.bulk_tls_rate)} | {_cell(fig.ws_small_rate)} | {_cell(fig.ws_small_p99_us, 2, 1e-3)} | "
+            f"{_cell(fig.ws_bulk_rate)} |"
+        )
+    nginx, relay = figures.get("nginx"), figures.get("relay")
+    lines += [
+        "",
+        "| peer | TLS req CPU / nginx | TLS GiB CPU / nginx | WS msg CPU / nginx | WS msg CPU / relay "
+        "| WS GiB CPU / nginx | WS GiB CPU / relay | own TLS / plaintext, per req | own TLS / plaintext, per GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, fig in shown:
+        if name == "none":
+            continue
+        cells = [
+            ratio(fig.small_tls_cost, _of(nginx, "small_tls_cost")),
+            ratio(fig.bulk_tls_cost, _of(nginx, "bulk_tls_cost")),
+            ratio(fig.ws_small_cost, _of(nginx, "ws_small_cost")),
+            ratio(fig.ws_small_cost, _of(relay, "ws_small_cost")),
+            ratio(fig.ws_bulk_cost, _of(nginx, "ws_bulk_cost")),
+            ratio(fig.ws_bulk_cost, _of(relay, "ws_bulk_cost")),
+            ratio(fig.small_tls_cost, fig.small_cost),
+            ratio(fig.bulk_tls_cost, fig.bulk_cost),
+        ]
+        lines.append(f"| {name} | " + " | ".join(_x(value) for value in cells) + " |")
+    lines += ["", "The bare relay takes no part in the TLS cells: relaying TLS bytes would be TLS passthrough."]
+    return lines
 
 
 def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
@@ -199,6 +293,7 @@ def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
         "* = only contaminated windows (other load on the box)."
     )
     add("")
+    plain_start = len(lines)  # the plaintext HTTP tables, dropped below when no such cell ran
     add("**CPU cost of the proxy** (its core's busy time / work done; lower is better)")
     add("")
     wanted = int(meta.get("settings", {}).get("idle_connections", 0))
@@ -268,6 +363,12 @@ def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
             "Best Python proxy: "
             f"per request {best_small[0] if best_small else '—'}, per SSE stream {best_sse[0] if best_sse else '—'}."
         )
+    if not any(getattr(fig, attr) is not None for fig in figures.values() for attr in PLAIN_FIGURES):
+        del lines[plain_start:]
+    extra = tls_and_websocket(figures)
+    if extra:
+        add("")
+        lines.extend(extra)
     found = targets(figures)
     add("")
     if found:
@@ -276,6 +377,8 @@ def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
         add("| target | measured | verdict |")
         add("| --- | --- | --- |")
         for target in found:
+            if target.measured is None and not any(figures[name].failures for name in figures):
+                continue  # its cells were not part of this run
             if target.measured is None:
                 shown = "—"
             elif "within 10%" in target.text:
@@ -311,6 +414,10 @@ PANELS: Sequence[tuple[str, str, str, bool]] = (
     ("bulk_rate", "16 MiB bodies, MiB/s", "higher is better", False),
     ("sse_rate", "SSE streams/s (paced)", "higher is better", False),
     ("sse_added_alone", "µs added per SSE event (alone)", "lower is better", False),
+    ("small_tls_cost", "CPU µs per 1 KiB request, TLS upstream", "lower is better", True),
+    ("bulk_tls_cost", "CPU s per GiB, TLS upstream", "lower is better", False),
+    ("ws_small_cost", "CPU µs per WebSocket message (1 KiB)", "lower is better", True),
+    ("ws_bulk_cost", "CPU s per GiB, WebSocket (1 MiB messages)", "lower is better", False),
 )
 COLORS = {"none": "#9e9e9e", "reference": "#2e7d32", "relay": "#6d4c41", "fastpipe": "#1565c0", "python": "#ef6c00"}
 
@@ -327,8 +434,14 @@ def chart(figures: dict[str, PeerFigures], meta: dict[str, Any], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(19, 8))
-    for axis, (attr, title, hint, log_scale) in zip(axes.flat, PANELS, strict=True):
+    panels = [panel for panel in PANELS if any(getattr(f, panel[0]) is not None for f in figures.values())]
+    panels = panels or list(PANELS[:1])
+    columns = 4
+    rows_of_panels = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(19, 4 * rows_of_panels), squeeze=False)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    for axis, (attr, title, hint, log_scale) in zip(axes.flat, panels, strict=False):
         rows = [(name, s) for name, f in figures.items() if (s := getattr(f, attr)) is not None]
         if not rows:
             axis.set_title(f"{title}\n(not measured)")

@@ -10,7 +10,8 @@ in its own write (a proxy sees it as its own read) whatever the number of stream
 to get the per-event latency. ``hold=1`` sends the head and one event and then holds the stream open until the
 client goes away (the idle-connections test).
 
-Keep-alive HTTP/1.1, parsed with httptools, on uvloop.
+Keep-alive HTTP/1.1, parsed with httptools, on uvloop; over TLS with ``--certfile``/``--keyfile`` (the TLS
+origin of the TLS cells when nginx is absent).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import ssl
 import time
 from typing import cast
 from urllib.parse import parse_qs
@@ -195,10 +197,10 @@ class OriginProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, context: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     tickers: dict[float, Ticker] = {}
-    server = await loop.create_server(lambda: OriginProtocol(tickers), host, port, backlog=4096)
+    server = await loop.create_server(lambda: OriginProtocol(tickers), host, port, backlog=4096, ssl=context)
     async with server:
         await server.serve_forever()
 
@@ -206,9 +208,15 @@ async def serve(host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT")
+    parser.add_argument("--certfile", help="serve over TLS with this certificate chain (PEM)")
+    parser.add_argument("--keyfile", help="the private key of --certfile")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
-    uvloop.run(serve(host, int(port)))
+    context = None
+    if args.certfile:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.certfile, args.keyfile)
+    uvloop.run(serve(host, int(port), context))
 
 
 if __name__ == "__main__":
