@@ -38,6 +38,8 @@ cdef class Pipe:
     # push face: fed by a protocol's callbacks, delivered to a sink or to `async for`
     cdef bint _pushed
     cdef bint _paused
+    cdef bint _flushing             # connect() is writing the queued chunks to its sink ...
+    cdef bint _paused_in_flush      # ... and the sink asked to pause meanwhile: that pause is the sink's
     cdef object _producer           # has pause_reading()/resume_reading(); an asyncio transport fits
     cdef object _sink               # has write(chunk) and end(pipe)
     cdef object _sink_write         # bound sink.write, set once connect() has flushed the queue

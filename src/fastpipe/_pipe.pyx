@@ -369,20 +369,28 @@ cdef class Pipe:
             return
         self._sink = sink  # attached (no other consumer may come) but not yet written to directly
         queue = self._queue
-        while queue:
-            chunk = queue.popleft()
-            size = _chunk_size(chunk)  # a C call on the object: cheaper than queueing (chunk, size) tuples
-            self._queued_bytes -= size
-            if not self._write_to_sink(sink.write, chunk, size) or self._state == STATE_CANCELLED:
-                return
+        self._flushing = True
+        try:
+            while queue:
+                chunk = queue.popleft()
+                size = _chunk_size(chunk)  # a C call on the object: cheaper than queueing (chunk, size) tuples
+                self._queued_bytes -= size
+                if not self._write_to_sink(sink.write, chunk, size) or self._state == STATE_CANCELLED:
+                    return
+        finally:
+            self._flushing = False
+        sink_paused = self._paused_in_flush
+        self._paused_in_flush = False
         self._sink_write = sink.write
         if self._pending_end is not None:
             self._finish_pushed(self._pending_end)
-        elif self._paused and self._queued_bytes <= self._low_water:
-            self.resume_producing()
+        elif self._paused and self._queued_bytes <= self._low_water and not sink_paused:
+            self.resume_producing()  # the queue's pause ends with the flush
 
     def pause_producing(self):
         """Ask the producer to stop reading; safe to repeat."""
+        if self._flushing:
+            self._paused_in_flush = True
         if not self._paused:
             self._paused = True
             if self._producer is not None:

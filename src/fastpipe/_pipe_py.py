@@ -65,6 +65,7 @@ class Pipe:
         "_draining",
         "_end_reason",
         "_exception",
+        "_flushing",
         "_high_water",
         "_iterator",
         "_low_water",
@@ -73,6 +74,7 @@ class Pipe:
         "_on_release",
         "_owner",
         "_paused",
+        "_paused_in_flush",
         "_pending_end",
         "_producer",
         "_pulling",
@@ -121,6 +123,8 @@ class Pipe:
         self._pending_end: object = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._flushing = False  # connect() is writing the queued chunks to its sink
+        self._paused_in_flush = False  # ... and the sink asked to pause meanwhile: that pause is the sink's
         self._high_water = DEFAULT_HIGH_WATER
         self._low_water = DEFAULT_LOW_WATER
         self._on_disconnect = CANCEL
@@ -487,16 +491,21 @@ class Pipe:
         self._sink = sink  # attached (no other consumer may come) but not yet written to directly
         assert self._queue is not None
         queue = self._queue
-        while queue:
-            chunk, size = queue.popleft()
-            self._queued_bytes -= size
-            if not self._write_to_sink(sink.write, chunk, size) or self._state is CANCELLED:
-                return
+        self._flushing = True
+        try:
+            while queue:
+                chunk, size = queue.popleft()
+                self._queued_bytes -= size
+                if not self._write_to_sink(sink.write, chunk, size) or self._state is CANCELLED:
+                    return
+        finally:
+            self._flushing = False
+        sink_paused, self._paused_in_flush = self._paused_in_flush, False
         self._sink_write = sink.write
         if self._pending_end is not None:
             self._finish_pushed(self._pending_end)
-        elif self._paused and self._queued_bytes <= self._low_water:
-            self.resume_producing()
+        elif self._paused and self._queued_bytes <= self._low_water and not sink_paused:
+            self.resume_producing()  # the queue's pause ends with the flush
 
     def _write_to_sink(self, write: Callable[[Any], object], chunk: Any, size: int) -> bool:
         """Count, show to the taps, write; a sink that fails is a client gone: cancel, and report why."""
@@ -511,6 +520,8 @@ class Pipe:
 
     def pause_producing(self) -> None:
         """Ask the producer to stop reading; safe to repeat."""
+        if self._flushing:
+            self._paused_in_flush = True
         if not self._paused:
             self._paused = True
             if self._producer is not None:

@@ -232,3 +232,19 @@ async def test_a_chunk_that_is_not_bytes_like_is_refused_before_the_pipe_opens(i
     with pytest.raises(TypeError, match="bytes-like, got str"):
         pipe.feed("text")  # type: ignore[arg-type]
     assert (pipe.state, pipe.chunks) == ("idle", 0)
+
+
+async def test_connect_leaves_paused_a_producer_its_sink_paused_during_the_flush(impl: ModuleType) -> None:
+    """The queue's pause ends with the flush, but a sink that asks to pause while being flushed (its
+    transport filled up) keeps the producer paused until the sink resumes it."""
+    producer = RecordingProducer()
+    pipe = impl.Pipe.pushed(Owner(), producer=producer, high_water=4, low_water=0)
+    pipe.feed(b"12345")
+    sink = RecordingSink(on_write=lambda _chunk: pipe.pause_producing())
+    pipe.connect(sink)
+    assert sink.chunks == [b"12345"]
+    assert producer.calls == ["pause"], "connect() resumed a producer its sink had just paused"
+    assert pipe.paused is True
+    pipe.resume_producing()
+    assert producer.calls == ["pause", "resume"]
+    pipe.feed_eof()
