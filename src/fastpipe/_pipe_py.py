@@ -1,6 +1,6 @@
 """The pure-Python Pipe: the readable reference for the compiled ``fastpipe._pipe``.
 
-Both implementations follow one contract (DESIGN.md, "The Pipe contract") and the test suite runs every
+Both implementations follow one contract (docs/architecture.md, "The Pipe contract") and the test suite runs every
 clause against both. Read this file to learn what the Pipe does; read ``_pipe.pyx`` to learn how it is fast.
 
 A pipe has two faces:

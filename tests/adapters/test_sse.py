@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastpipe.sse import Event, EventTap
-from pipe._support import loop_errors
 
+from ..pipe._support import loop_errors
 from ._support import sse_body
 
 # -- the reference: a whole body at once -------------------------------------------------------------------

@@ -26,8 +26,8 @@ from fastpipe.end_reason import EndReason
 from fastpipe.sources import from_httpx
 from fastpipe.sse import EventTap
 from fastpipe.usage import AnthropicUsage, OpenAIUsage, Usage, capture_usage, usage_parser
-from pipe._support import loop_errors
 
+from ..pipe._support import loop_errors
 from ._support import Origin, anthropic_events, asgi_server, chunks, openai_chunks, origin_server, wait_until
 
 

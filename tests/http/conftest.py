@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 import uvloop
-from _proxy_support import (
+
+from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
+from fastpipe.http.origin import start_origin
+
+from ._proxy_support import (
     MakeRecordingOrigin,
     ProxyUnderTest,
     RecordingOrigin,
@@ -23,9 +27,6 @@ from _proxy_support import (
     make_tls_files,
     start_recording_origin,
 )
-
-from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
-from fastpipe.http.origin import start_origin
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 

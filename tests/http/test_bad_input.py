@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _proxy_support import (
+
+from ._proxy_support import (
     MakeRecordingOrigin,
     ProxyUnderTest,
     RecordingOrigin,

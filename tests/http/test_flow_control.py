@@ -7,9 +7,10 @@ import hashlib
 import os
 
 import pytest
-from _proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, small_window_client, wait_for
 
 from fastpipe.http.origin import payload_sha256
+
+from ._proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, small_window_client, wait_for
 
 HIGH = 64 * 1024
 READ_SIZE = 256 * 1024  # the most one read of the event loop can bring in

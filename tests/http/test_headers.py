@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from _proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, parse_responses, raw_exchange
+
+from ._proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, parse_responses, raw_exchange
 
 
 def _request_head(origin: RecordingOrigin) -> list[bytes]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _proxy_support import MakeRecordingOrigin, StartProxy, parse_responses, raw_exchange
 
 from fastpipe.http import start_proxy
+
+from ._proxy_support import MakeRecordingOrigin, StartProxy, parse_responses, raw_exchange
 
 
 @pytest.mark.both_loops

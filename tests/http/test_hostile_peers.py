@@ -9,7 +9,8 @@ import sys
 
 import httpx
 import pytest
-from _proxy_support import (
+
+from ._proxy_support import (
     MakeRecordingOrigin,
     ProxyUnderTest,
     RecordingOrigin,

@@ -8,9 +8,10 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 import pytest
-from _proxy_support import ProxyUnderTest, raw_exchange
 
 from fastpipe.http.origin import payload_sha256
+
+from ._proxy_support import ProxyUnderTest, raw_exchange
 
 
 @pytest.mark.both_loops

@@ -6,7 +6,10 @@ import asyncio
 
 import httpx
 import pytest
-from _proxy_support import (
+
+from fastpipe.http.origin import payload
+
+from ._proxy_support import (
     MakeRecordingOrigin,
     ProxyUnderTest,
     RecordingOrigin,
@@ -15,8 +18,6 @@ from _proxy_support import (
     raw_exchange,
     wait_for,
 )
-
-from fastpipe.http.origin import payload
 
 
 @pytest.mark.both_loops

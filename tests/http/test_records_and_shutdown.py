@@ -7,9 +7,10 @@ import logging
 
 import httpx
 import pytest
-from _proxy_support import MakeRecordingOrigin, ProxyUnderTest, StartProxy, wait_for
 
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
+
+from ._proxy_support import MakeRecordingOrigin, ProxyUnderTest, StartProxy, wait_for
 
 
 async def test_record_of_a_download(proxied: ProxyUnderTest) -> None:

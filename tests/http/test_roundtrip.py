@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import httpx
 import pytest
-from _proxy_support import ProxyUnderTest
 
 from fastpipe.http.origin import payload, payload_sha256
+
+from ._proxy_support import ProxyUnderTest
 
 SIZES = [0, 1, 1024 * 1024]
 

@@ -17,10 +17,18 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from _proxy_support import MakeRecordingOrigin, RecordingOrigin, TlsFiles, parse_responses, raw_exchange
 
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
 from fastpipe.http.origin import start_origin
+
+from ._proxy_support import (
+    MakeRecordingOrigin,
+    RecordingOrigin,
+    TlsFiles,
+    parse_responses,
+    raw_exchange,
+    start_recording_origin,
+)
 
 GET = b"GET /bytes?n=5 HTTP/1.1\r\nHost: client.test\r\nConnection: close\r\n\r\n"
 
@@ -59,8 +67,6 @@ async def test_an_https_upstream_is_verified_and_gets_sni_and_alpn_http11(tls_fi
     def reply(origin: RecordingOrigin, data: bytes) -> None:
         alpn.append(origin.transport.get_extra_info("ssl_object").selected_alpn_protocol())
         origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    from _proxy_support import start_recording_origin
 
     server, origins = await start_recording_origin(reply, ssl=context)
     port = server.sockets[0].getsockname()[1]

@@ -7,7 +7,8 @@ import socket
 import struct
 
 import pytest
-from _proxy_support import (
+
+from ._proxy_support import (
     MakeRecordingOrigin,
     ProxyUnderTest,
     RecordingOrigin,

@@ -16,7 +16,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _proxy_support import (
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ._proxy_support import (
     MakeRecordingOrigin,
     RecordingOrigin,
     StartProxy,
@@ -26,9 +30,6 @@ from _proxy_support import (
     small_window_client,
     wait_for,
 )
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 
 MIB = 1 << 20
 

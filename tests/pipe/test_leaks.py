@@ -21,8 +21,8 @@ BYTES_TOLERANCE = 32 * 1024
 
 def _run_worker(module: str, per_batch: int, *extra: str) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "pipe._leak_worker", module, str(per_batch), *extra],
-        cwd=TESTS_DIR,
+        [sys.executable, "-m", "tests.pipe._leak_worker", module, str(per_batch), *extra],
+        cwd=TESTS_DIR.parent,  # the project root: tests/ itself would shadow the stdlib http package
         capture_output=True,
         text=True,
         timeout=50,
