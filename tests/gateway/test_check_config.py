@@ -76,6 +76,17 @@ def test_errors_are_file_line_message_and_exit_1(tmp_path: Path) -> None:
     ]
 
 
+def test_the_readme_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Gateway configuration") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml\n") + 8)]
+    path = tmp_path / "gateway.toml"
+    path.write_text(example)
+    done = check_config(path, OPENAI_API_KEY=SECRET)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("chat: host api.example.com, path_prefix /v1/ -> api")
+
+
 def test_missing_file(tmp_path: Path) -> None:
     done = check_config(tmp_path / "nope.toml")
     assert done.returncode == 1

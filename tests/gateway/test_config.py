@@ -399,6 +399,18 @@ def test_framing_headers_may_not_be_set() -> None:
     assert "may not set it" in message
 
 
+def test_host_may_not_be_set_as_a_header() -> None:
+    line, message = only_problem(MINIMAL + 'set_request_headers = { "X-A" = "1", "host" = "b" }\n')
+    assert line == 6
+    assert "rewrite_host" in message
+
+
+def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_config(path, environ={}).routes[0].upstream == "api"
+
+
 def test_header_value_with_a_line_break_from_the_environment_is_refused_without_showing_it() -> None:
     line, message = only_problem(
         MINIMAL + 'set_request_headers = { "X-Key" = "${K}" }\n', environ={"K": "abc\r\nX-Evil: 1"}
@@ -447,6 +459,8 @@ def test_wildcard_shadowing_an_exact_host_is_an_error_but_not_the_reverse() -> N
     head = MINIMAL.replace('[[routes]]\nupstream = "api"\n', "")
     assert only_problem(head + route.format("*.example.com") + route.format("a.example.com"))[0] == 10
     load_config_text(head + route.format("a.example.com") + route.format("*.example.com"), environ={})
+    load_config_text(head + route.format("*.example.com") + route.format("example.com"), environ={})
+    load_config_text(head + route.format("*.example.com") + route.format("*.example.org"), environ={})
 
 
 def test_route_names_must_be_unique() -> None:

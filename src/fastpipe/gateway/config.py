@@ -164,7 +164,7 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     try:
         with open(name, "rb") as stream:
             raw = stream.read()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # an editor's byte order mark is not a syntax error
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(name, None, f"cannot read the file: {exc}")]) from None
     return load_config_text(text, file=name, environ=environ)
@@ -509,6 +509,9 @@ class _Loader:
                 continue
             if name.lower() in _FORBIDDEN_HEADERS:
                 self.problem(where, f"{name} frames the message or belongs to one hop: a route may not set it")
+                continue
+            if name.lower() == "host":
+                self.problem(where, "Host is the client's, or the upstream's with limits rewrite_host = true")
                 continue
             if name.lower() in seen:
                 self.problem(where, f"{name} is set twice (header names ignore case)")

@@ -62,7 +62,6 @@ def expand(text: str, environ: Mapping[str, str]) -> str:
     position = 0
     substituted = False
     for reference in _REFERENCE.finditer(text):
-        _check_no_open_reference(text[position : reference.start()])
         pieces.append(text[position : reference.start()])
         position = reference.end()
         escaped, name = reference.groups()
@@ -75,12 +74,9 @@ def expand(text: str, environ: Mapping[str, str]) -> str:
             raise ValueError(f"environment variable {name} is not set (referenced as ${{{name}}})")
         pieces.append(environ[name])
         substituted = True
-    _check_no_open_reference(text[position:])
+    # A ``${`` before a match would have been part of it: only the text after the last one can hold one.
+    if "${" in text[position:]:
+        raise ValueError("'${' without a closing '}' (write $${ for a literal ${)")
     pieces.append(text[position:])
     value = "".join(pieces)
     return Secret(value, text) if substituted else value
-
-
-def _check_no_open_reference(segment: str) -> None:
-    if "${" in segment:
-        raise ValueError("'${' without a closing '}' (write $${ for a literal ${)")
