@@ -10,8 +10,9 @@ The rules, exactly:
 * among the matching routes the longest ``path_prefix`` wins, whatever the hosts; on equal length the
   route listed first wins.
 
-For each host the candidate routes are computed at build time, already in that order, so a request costs
-one dict lookup (plus one per dot in its host when wildcards exist) and a ``startswith`` per candidate.
+For each host the candidate routes are computed at build time, already in that order; a Host value seen
+before costs one dict lookup, a new one a few more (one per dot in its name when wildcards exist); then a
+``startswith`` per candidate until one matches.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def not_found_body(host_header: bytes, target: bytes) -> bytes:
 
 
 _Candidates = tuple[tuple[bytes, Route], ...]
+_SEEN_HOSTS = 1024
 
 
 class RouteTable:
@@ -110,6 +112,9 @@ class RouteTable:
         self._by_wildcard = {suffix: _ordered([*any_host, *covering(b"x" + suffix)]) for suffix in wildcards}
         self._by_host = {host: _ordered([*routes, *any_host, *covering(host)]) for host, routes in exact.items()}
         self._has_wildcards = bool(wildcards)
+        # Host header values as sent -> their candidates: most traffic names a few hosts, so most requests
+        # skip the normalisation and lookups above.
+        self._seen: dict[bytes, _Candidates] = {}
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -117,22 +122,30 @@ class RouteTable:
     def match(self, host_header: bytes, path: bytes) -> Route | None:
         """The route for a request, or None (then answer 404 with :func:`not_found_body`). ``path`` may
         be the whole origin-form target: a prefix never holds ``?``, so the query cannot change the result."""
-        host = host_key(host_header)
-        candidates = self._by_host.get(host)
+        candidates = self._seen.get(host_header)
         if candidates is None:
-            candidates = self._any_host
-            if self._has_wildcards:
-                dot = host.find(b".", 1)
-                while dot > 0:
-                    found = self._by_wildcard.get(host[dot:])
-                    if found is not None:
-                        candidates = found
-                        break
-                    dot = host.find(b".", dot + 1)
+            candidates = self._candidates(host_key(host_header))
+            if len(self._seen) >= _SEEN_HOSTS:  # bounded: clients choose what they send as Host
+                self._seen.clear()
+            self._seen[host_header] = candidates
         for prefix, route in candidates:
             if path.startswith(prefix):
                 return route
         return None
+
+    def _candidates(self, host: bytes) -> _Candidates:
+        """The routes that may take requests for ``host``, in the order they win."""
+        candidates = self._by_host.get(host)
+        if candidates is not None:
+            return candidates
+        if self._has_wildcards:
+            dot = host.find(b".", 1)  # at least one label before the suffix
+            while dot > 0:
+                found = self._by_wildcard.get(host[dot:])
+                if found is not None:
+                    return found
+                dot = host.find(b".", dot + 1)
+        return self._any_host
 
 
 def _ordered(routes: Sequence[Route]) -> _Candidates:
