@@ -360,7 +360,7 @@ async def test_workers_survive_a_stop_signal_sent_to_the_whole_group(origin_url:
         try:
             writer.write(b"GET /tokens?n=20&delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
             await asyncio.wait_for(reader.readuntil(b"data: "), 10)
-            for process in (supervisor, *workers):
+            for process in (supervisor, *workers):  # as systemd does: all at once
                 process.send_signal(signal.SIGTERM)
             body = await asyncio.wait_for(reader.read(), 15)
         finally:
@@ -369,8 +369,9 @@ async def test_workers_survive_a_stop_signal_sent_to_the_whole_group(origin_url:
         assert await asyncio.wait_for(loop.run_in_executor(None, supervisor.wait), 20) == 0
         assert supervisor.stderr is not None
         log = supervisor.stderr.read().decode()
-        assert "SIGTERM again: already shutting down" in log, log
-        assert log.count("exited with status 0") == 2, log
+        # A worker sees the second SIGTERM ("SIGTERM again" in the log) unless both arrived before it handled
+        # the first: pending signals of one kind merge. Either way no worker may die of it.
+        assert "killed by" not in log and log.count("exited with status 0") == 2, log
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
