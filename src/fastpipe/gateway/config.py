@@ -204,7 +204,6 @@ class _Loader:
         self.lines = lines
         self.environ = environ
         self.problems: list[Problem] = []
-        self.raw_upstreams: object = None  # the [upstreams] table as written: a group with problems still exists
 
     def problem(self, path: Path, message: str) -> None:
         line = self.lines.line_of(path) if self.lines is not None else None
@@ -214,9 +213,11 @@ class _Loader:
         self.table((), data, ("server", "limits", "upstreams", "routes"))
         server = self.server(data.get("server", {}))
         limits = self.global_limits(data.get("limits", {}))
-        self.raw_upstreams = data.get("upstreams")
-        upstreams = self.upstreams(data.get("upstreams", _MISSING))
-        routes = self.routes(data.get("routes", _MISSING), upstreams, limits)
+        written = data.get("upstreams", _MISSING)
+        upstreams = self.upstreams(written)
+        # Routes may name any group written, also one with problems of its own (those are reported already).
+        names = set(written) if isinstance(written, Mapping) else set()
+        routes = self.routes(data.get("routes", _MISSING), names, limits)
         if self.problems:
             self.problems.sort(key=lambda problem: problem.line or 0)
             raise ConfigError(self.problems)
@@ -317,11 +318,11 @@ class _Loader:
         if section is None:
             return None
         options = {name: option for name, option in section.items() if name in known}
-        if len(options) != len(section) or not self.limits_ok({}, options, ("limits",)):
+        if len(options) != len(section) or not self.checked_limits({}, options, ("limits",)):
             return None
         return options
 
-    def limits_ok(self, base: Mapping[str, Any], own: Mapping[str, Any], path: Path) -> Limits | None:
+    def checked_limits(self, base: Mapping[str, Any], own: Mapping[str, Any], path: Path) -> Limits | None:
         """``Limits`` from ``base`` updated with ``own``; a rejected value is reported at its key in ``own``."""
         try:
             return Limits.from_options({**base, **own})
@@ -390,9 +391,7 @@ class _Loader:
             urls.append(url)
         return tuple(urls)
 
-    def routes(
-        self, value: object, upstreams: Mapping[str, UpstreamGroupConfig], limits: Mapping[str, Any] | None
-    ) -> tuple[RouteConfig, ...]:
+    def routes(self, value: object, upstreams: set[str], limits: Mapping[str, Any] | None) -> tuple[RouteConfig, ...]:
         if value is _MISSING:
             self.problem((), "no [[routes]]: at least one route is needed (a request matching none gets 404)")
             return ()
@@ -400,11 +399,8 @@ class _Loader:
             self.problem(("routes",), f"must be a non-empty array of [[routes]] tables, got {_shown(value)}")
             return ()
         made: list[RouteConfig] = []
-        defined = set(upstreams)
-        if isinstance(self.raw_upstreams, Mapping):
-            defined |= set(self.raw_upstreams)
         for index, item in enumerate(value):
-            route = self.route(index, item, defined, limits)
+            route = self.route(index, item, upstreams, limits)
             if route is not None:
                 self.check_reachable(index, route, made)
                 made.append(route)
@@ -545,7 +541,7 @@ class _Loader:
                 fine = False
         if not fine or len(section) != len([name for name in section if name in known]) or limits is None:
             return None, dict(section)
-        return self.limits_ok(limits, section, path), dict(section)
+        return self.checked_limits(limits, section, path), dict(section)
 
     def usage(self, path: Path, section: Mapping[str, Any]) -> tuple[str | None, int, float]:
         usage: str | None = None
