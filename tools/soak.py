@@ -4,7 +4,7 @@
     .venv/bin/python tools/soak.py --duration 60      # a quick one
     .venv/bin/python tools/soak.py --json out.json    # also write the samples and the verdict
 
-Three processes on 127.0.0.1: the built-in origin (``fastpipe.http.origin``), the proxy (``start_proxy`` on
+Three processes on 127.0.0.1: the built-in origin (``fastpipe._origin``), the proxy (``start_proxy`` on
 uvloop, as the CLI runs it, plus a stats port that answers its live Pipe count), and this one, the load:
 ``--concurrency`` workers sending small, bulk, streaming (SSE) and upload requests, checked by sha256,
 mixed with downloads and uploads aborted midway and upstreams dying mid-body. Every ``--interval``
@@ -117,7 +117,7 @@ async def serve_proxy(upstream: str, inject_leak: bool) -> None:
 
 
 async def serve_origin() -> None:
-    from fastpipe.http.origin import start_origin
+    from fastpipe._origin import start_origin
 
     server = await start_origin()
     print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
@@ -199,7 +199,7 @@ class Load:
     digests: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from fastpipe.http.origin import payload_sha256, tokens_sha256
+        from fastpipe._origin import payload_sha256, tokens_sha256
 
         self.upload_body = random.Random(7).randbytes(UPLOAD)
         self.digests = {

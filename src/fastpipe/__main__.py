@@ -249,13 +249,13 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     status = 0
     if args.which in ("hazard", "all"):
-        from . import _demo_hazard
+        from .demo import hazard
 
-        status |= _demo_hazard.main(args.rest)
+        status |= hazard.main(args.rest)
     if args.which in ("proxy", "all"):
-        from .http import demo
+        from .demo import proxy
 
-        status |= demo.main(args.rest)
+        status |= proxy.main(args.rest)
     return status
 
 

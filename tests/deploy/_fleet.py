@@ -29,7 +29,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 _ORIGIN = """
 import asyncio, sys
-from fastpipe.http.origin import start_origin
+from fastpipe._origin import start_origin
 
 async def main():
     server = await start_origin()

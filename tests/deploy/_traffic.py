@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
 
-from fastpipe.http.origin import payload, token_event
+from fastpipe._origin import payload, token_event
 
 READ_TIMEOUT = 15.0  # seconds without progress before an exchange counts as failed
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvloop
 
+from fastpipe._origin import start_origin
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
-from fastpipe.http.origin import start_origin
 
 from ._proxy_support import (
     MakeRecordingOrigin,
@@ -27,19 +26,6 @@ from ._proxy_support import (
     make_tls_files,
     start_recording_origin,
 )
-
-LoopFactory = Callable[[], asyncio.AbstractEventLoop]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "both_loops: run on asyncio's loop as well as uvloop")
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
-    if item.get_closest_marker("both_loops") is not None:
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return {"uvloop": uvloop.new_event_loop}
-
 
 OVER_TLS = frozenset(
     {"test_flow_control", "test_headers", "test_hot_path", "test_keep_alive", "test_records_and_shutdown",

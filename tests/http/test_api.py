@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
+from fastpipe.demo.proxy import run_demo
 from fastpipe.http import Limits, Proxy, shutdown_proxy, start_proxy
-from fastpipe.http.demo import run_demo
 from fastpipe.http.proxy import parse_upstream
 
 

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from fastpipe.http.origin import payload_sha256, start_origin
+from fastpipe._origin import payload_sha256, start_origin
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from fastpipe.http.origin import payload_sha256
+from fastpipe._origin import payload_sha256
 
 from ._proxy_support import MakeRecordingOrigin, RecordingOrigin, StartProxy, small_window_client, wait_for
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fastpipe.http.origin import payload_sha256
+from fastpipe._origin import payload_sha256
 
 from ._proxy_support import ProxyUnderTest, raw_exchange
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from fastpipe.http.origin import payload
+from fastpipe._origin import payload
 
 from ._proxy_support import (
     MakeRecordingOrigin,

@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 import pytest
 
-from fastpipe.http.origin import payload, payload_sha256
+from fastpipe._origin import payload, payload_sha256
 
 from ._proxy_support import ProxyUnderTest
 

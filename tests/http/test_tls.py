@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trustme
 
+from fastpipe._origin import start_origin
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
-from fastpipe.http.origin import start_origin
 
 from ._proxy_support import (
     MakeRecordingOrigin,

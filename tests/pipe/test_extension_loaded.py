@@ -11,8 +11,7 @@ import sysconfig
 
 import fastpipe
 from fastpipe import _errors, _pipe_py
-
-NO_EXTENSIONS = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0")
+from fastpipe._backend import NO_EXTENSIONS
 
 
 def _has_c_compiler() -> bool:

@@ -19,8 +19,8 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from . import EXTENSION, Pipe
-from ._loop import run as run_on_best_loop
+from .._backend import EXTENSION, Pipe
+from .._loop import run as run_on_best_loop
 
 CHUNK_PAUSE = 0.0005  # seconds between origin chunks: the body must still be in flight when gc runs
 

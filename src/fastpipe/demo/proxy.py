@@ -20,8 +20,8 @@ from typing import Any
 
 from httptools import HttpResponseParser
 
-from .origin import payload, payload_sha256, start_origin, tokens_sha256
-from .proxy import shutdown_proxy, start_proxy
+from .._origin import payload, payload_sha256, start_origin, tokens_sha256
+from ..http.proxy import shutdown_proxy, start_proxy
 
 __all__ = ("main",)
 
