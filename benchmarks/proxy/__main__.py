@@ -33,7 +33,11 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1 run, 2 s cells, 1,000 idle streams, 1 retry")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 run, 2 s cells, 1,000 idle streams, no retries, 1 s quiet wait: a smoke test of every cell",
+    )
     parser.add_argument("--runs", type=int, help="runs of every cell (default 3; quick 1)")
     parser.add_argument("--duration", type=float, help="seconds measured per cell (default 8; quick 2)")
     parser.add_argument("--warmup", type=float, help="seconds of load before each measurement (default 1; quick 0.5)")
@@ -49,8 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sse-events", type=int, default=100, help="events per SSE stream (100)")
     parser.add_argument("--sse-interval-ms", type=float, default=1.0, help="ms between events; 0 = burst (1)")
     parser.add_argument("--sse-event-size", type=int, default=100, help="bytes per event (100)")
-    parser.add_argument("--retries", type=int, help="extra attempts of a contaminated cell (default 2; quick 1)")
-    parser.add_argument("--quiet-wait", type=float, help="max seconds to wait for a quiet box before a cell (5)")
+    parser.add_argument("--retries", type=int, help="extra attempts of a contaminated cell (default 2; quick 0)")
+    parser.add_argument(
+        "--quiet-wait", type=float, help="max seconds to wait for a quiet box before a cell (5; quick 1)"
+    )
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load client even if wrk is here")
     parser.add_argument("--no-nginx", action="store_true", help="Python origin for static files; skip the nginx peer")
     parser.add_argument("--json", type=Path, default=RESULTS / "proxy.json", help="raw results and summary")
@@ -64,8 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "duration": 2.0 if quick else 8.0,
         "warmup": 0.5 if quick else 1.0,
         "idle_connections": 1000 if quick else 10_000,
-        "retries": 1 if quick else 2,
-        "quiet_wait": 3.0 if quick else 5.0,
+        "retries": 0 if quick else 2,  # a smoke run reports contamination; it does not wait it out
+        "quiet_wait": 1.0 if quick else 5.0,
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:

@@ -250,7 +250,7 @@ def tls_and_websocket(figures: dict[str, PeerFigures]) -> list[str]:
     ]
     rows = [(name, fig) for name, fig in figures.items() if fig.small_tls_rate or fig.ws_small_rate or fig.ws_bulk_rate]
     for name, fig in rows:
-        label = PEERS[name].label + (" (client speaks TLS to the origin)" if name == "none" else "")
+        label = "no proxy (client to origin, over TLS in the TLS cells)" if name == "none" else PEERS[name].label
         lines.append(
             f"| {label} | {_cell(fig.small_tls_rate)} | {_cell(fig.small_tls_p99_us, 2, 1e-3)} | "
             f"{_cell(fig.bulk_tls_rate)} | {_cell(fig.ws_small_rate)} | {_cell(fig.ws_small_p99_us, 2, 1e-3)} | "
