@@ -28,6 +28,8 @@ from urllib.parse import parse_qs
 
 from httptools import HttpParserError, HttpRequestParser, parse_url
 
+from .http.tls import forget_transport
+
 __all__ = ("OriginProtocol", "payload", "payload_sha256", "start_origin", "token_event", "tokens_sha256")
 
 _BLOCK = 64 * 1024
@@ -103,6 +105,7 @@ class OriginProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._resume = None
         self._queue.clear()
+        forget_transport(self._transport)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -111,6 +111,8 @@ class RecordingOrigin(asyncio.Protocol):
             self._answered = self.data.count(b"\r\n\r\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # Python 3.10's TLS transports warn when collected unclosed
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -27,6 +27,7 @@ from .exchange import BodyPipe, Exchange, UpstreamSide
 from .read_gate import BUFFERED, QUEUED, UPGRADING, UPSTREAM_FULL, ReadGate
 from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPGRADED, UPSTREAM_ERROR
 from .request_head import BadRequest, RequestHead
+from .tls import forget_transport
 from .writes import writelines_of
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        forget_transport(self._transport)
         self._gate.detach()
         self._deadline_kind = _NO_DEADLINE
         self.deadline = self._stage_deadline = self._send_deadline = 0.0

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ("UpstreamTLS", "handshake_failure", "listener_context")
+__all__ = ("UpstreamTLS", "forget_transport", "handshake_failure", "listener_context")
 
 logger = logging.getLogger("fastpipe")
 
@@ -78,6 +79,13 @@ def listener_context(
     made.load_cert_chain(certfile, keyfile)
     made.set_alpn_protocols(["http/1.1"])
     return made
+
+
+def forget_transport(transport: Any) -> None:
+    """From ``connection_lost``: close the transport if it does not know it is closed. A TLS transport of
+    Python 3.10's asyncio only learns it from ``close()``, and warns when collected otherwise."""
+    if transport is not None and not transport.is_closing():
+        transport.close()
 
 
 def handshake_failure(exc: OSError) -> str:

@@ -26,7 +26,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from .._backend import Pipe
 from . import headers as h
 from .record import TIMEOUT, UPSTREAM_ERROR
-from .tls import UpstreamTLS, handshake_failure
+from .tls import UpstreamTLS, forget_transport, handshake_failure
 from .writes import writelines_of
 
 if TYPE_CHECKING:
@@ -149,6 +149,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        forget_transport(self._transport)
+        if exc is None and (self._mode == UNTIL_CLOSE or self._mode == ENCODE):
+            self.eof_received()  # Python 3.10's TLS transport reports the peer's close_notify only here
         self._pool.forget(self)
         if self._spare_fd >= 0:
             if exc is not None and self._exchange is not None:
