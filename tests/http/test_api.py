@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import httpx
 import pytest
@@ -105,3 +106,9 @@ async def test_demo_job_checks_every_body(capsys: pytest.CaptureFixture[str]) ->
     assert status == 0
     assert "sha256 4/4 ok" in out and "sha256 2/2 ok" in out
     assert "p99 ttfb" in out
+
+
+def test_start_proxy_hands_the_proxy_every_option_of_its_own() -> None:
+    from fastpipe.http.proxy import _OWN_OPTIONS
+
+    assert set(inspect.signature(Proxy).parameters) - {"upstream", "limits"} == set(_OWN_OPTIONS)

@@ -75,6 +75,12 @@ class Proxy:
         self._pool: UpstreamPool | None = None
         self._sweep: DeadlineSweep | None = None
 
+    @classmethod
+    def from_options(cls, upstream: str, **options: Any) -> Proxy:
+        """From one set of keyword arguments: this class's own (see ``__init__``), the rest :class:`Limits`'."""
+        own = {name: options.pop(name) for name in _OWN_OPTIONS if name in options}
+        return cls(upstream, limits=Limits.from_options(options), **own)
+
     def __call__(self) -> ProxyProtocol:
         return ProxyProtocol(self)
 
@@ -203,6 +209,19 @@ def parse_upstream(url: str) -> UpstreamAddress:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+# The keyword arguments of Proxy besides ``limits``; start_proxy passes them on and the rest to Limits.
+_OWN_OPTIONS = (
+    "on_exchange",
+    "access_log",
+    "health_path",
+    "upstream_ssl",
+    "upstream_ca",
+    "upstream_insecure",
+    "upstream_cert",
+    "upstream_key",
+    "upstream_sni",
+)
+
 _DETACH_SECONDS = 2.0
 logger = logging.getLogger("fastpipe")
 
@@ -214,25 +233,17 @@ async def start_proxy(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    on_exchange: ExchangeHook | None = None,
-    access_log: bool = False,
     reuse_port: bool = False,
-    health_path: str | None = None,
     ssl: _ssl.SSLContext | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
-    upstream_ssl: _ssl.SSLContext | None = None,
-    upstream_ca: str | None = None,
-    upstream_insecure: bool = False,
-    upstream_cert: str | None = None,
-    upstream_key: str | None = None,
-    upstream_sni: str | None = None,
-    **limits: Any,
+    **options: Any,
 ) -> asyncio.Server:
     """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``) on ``host:port`` in the running loop.
 
-    ``port=0`` picks a free port (``server.sockets[0].getsockname()[1]``). ``limits`` are the keyword
-    arguments of :class:`~fastpipe.http.limits.Limits` (timeouts, sizes, pool size, write marks).
+    ``port=0`` picks a free port (``server.sockets[0].getsockname()[1]``). ``options`` are those of
+    :class:`Proxy` (below) and the keyword arguments of :class:`~fastpipe.http.limits.Limits` (timeouts,
+    sizes, pool size, write marks).
     ``on_exchange(record)`` is called with an :class:`ExchangeRecord` as each exchange ends;
     ``access_log=True`` writes one line per exchange to the ``fastpipe.access`` logger. Works in any
     running loop, in any thread; installs no signal handlers. Stop it with :func:`shutdown_proxy`.
@@ -244,19 +255,7 @@ async def start_proxy(
     verifies nothing; ``upstream_cert``/``upstream_key`` present a client certificate; ``upstream_sni`` is
     the name sent and verified; ``upstream_ssl`` is a ready context instead of those.
     """
-    proxy = Proxy(
-        upstream,
-        limits=Limits.from_options(limits),
-        on_exchange=on_exchange,
-        access_log=access_log,
-        health_path=health_path,
-        upstream_ssl=upstream_ssl,
-        upstream_ca=upstream_ca,
-        upstream_insecure=upstream_insecure,
-        upstream_cert=upstream_cert,
-        upstream_key=upstream_key,
-        upstream_sni=upstream_sni,
-    )
+    proxy = Proxy.from_options(upstream, **options)
     listener_tls = listener_context(ssl, certfile, keyfile)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
