@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Final
+from typing import TYPE_CHECKING, Callable, Final
+
+if TYPE_CHECKING:
+    from ..usage import Usage
 
 __all__ = (
     "CLIENT_GONE",
     "COMPLETE",
+    "DRAINED",
     "REJECTED",
     "SHUTDOWN",
     "TIMEOUT",
@@ -28,6 +32,7 @@ TIMEOUT: Final = "timeout"  # connect or response-head timeout
 SHUTDOWN: Final = "shutdown"  # cut at the graceful-shutdown deadline
 REJECTED: Final = "rejected"  # the proxy answered itself (bad request, body too large)
 UPGRADED: Final = "upgraded"  # a tunnel (WebSocket) that both sides ended
+DRAINED: Final = "drained"  # the client left; the upstream was read on (for usage capture) and ended or was cut
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class ExchangeRecord:
     response_chunks: int
     end: str
     detail: str | None = None  # why the proxy answered itself or gave up (e.g. a failed TLS handshake)
+    route: str | None = None  # the route's name (None: the request never got one, e.g. a bad request)
+    upstream: str | None = None  # the upstream group's name
+    server: str | None = None  # the URL of the server that answered (or was tried last)
+    attempts: int = 0  # servers tried: 1 normally, more after retries, 0 when none was
+    usage: Usage | None = None  # token usage read from the response, on a route with ``usage``
 
 
 ExchangeHook = Callable[[ExchangeRecord], object]
@@ -68,5 +78,15 @@ def format_access_line(record: ExchangeRecord) -> str:
         f'{record.client} "{record.method} {record.target}" {status} upstream={upstream} '
         f"in={record.request_bytes}B/{record.request_chunks} out={record.response_bytes}B/{record.response_chunks} "
         f"ttfb={ttfb} dur={record.duration * 1000:.2f}ms end={record.end}"
+        f" route={record.route or '-'} upstream={record.upstream or '-'} server={record.server or '-'}"
+        f" attempts={record.attempts}"
+        + (_usage_fields(record.usage) if record.usage is not None else "")
         + (f' detail="{record.detail}"' if record.detail else "")
     )
+
+
+def _usage_fields(usage: Usage) -> str:
+    def shown(count: int | None) -> str:
+        return "-" if count is None else str(count)
+
+    return f" usage_in={shown(usage.input_tokens)} usage_out={shown(usage.output_tokens)}"
