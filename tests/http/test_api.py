@@ -10,7 +10,7 @@ import pytest
 
 from fastpipe.demo.proxy import run_demo
 from fastpipe.http import Limits, Proxy, shutdown_proxy, start_proxy
-from fastpipe.http.proxy import parse_upstream
+from fastpipe.http.address import parse_upstream
 
 
 def test_limits_have_documented_defaults() -> None:

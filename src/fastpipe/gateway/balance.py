@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from .config import BALANCE_METHODS, UpstreamGroupConfig, upstream_address
 
 if TYPE_CHECKING:
-    from ..http.proxy import UpstreamAddress
+    from ..http.address import UpstreamAddress
 
 __all__ = ("Server", "UpstreamGroup")
 

@@ -15,14 +15,12 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from ..http.address import UpstreamAddress, parse_upstream
 from ..http.limits import Limits
 from .env import Secret, expand
 from .toml_lines import KeyLines, Path, key_lines
-
-if TYPE_CHECKING:
-    from ..http.proxy import UpstreamAddress
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -585,10 +583,6 @@ def _covers(earlier: str | None, later: str | None) -> bool:
 
 def upstream_address(url: str) -> UpstreamAddress:
     """``parse_upstream(url)``: the address of an http:// or https:// server URL."""
-    # Imported when called: fastpipe.http.proxy will import this package, and a module-level import here
-    # would make that a cycle (parse_upstream belongs in a leaf module of fastpipe.http).
-    from ..http.proxy import parse_upstream
-
     return parse_upstream(url)
 
 
