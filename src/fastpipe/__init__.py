@@ -18,11 +18,33 @@ from .usage import Usage, capture_usage
 
 if TYPE_CHECKING:
     from . import http as http
-    from .http import ExchangeRecord, Limits, ProxyProtocol, shutdown_proxy, start_proxy
+    from .http import (
+        ExchangeRecord,
+        Headers,
+        Limits,
+        ProxyProtocol,
+        Request,
+        Response,
+        ResponseInfo,
+        shutdown_proxy,
+        start_proxy,
+    )
 
 __version__ = "0.1.0"
 
-_PROXY_NAMES = frozenset({"ExchangeRecord", "Limits", "ProxyProtocol", "shutdown_proxy", "start_proxy"})
+_PROXY_NAMES = frozenset(
+    {
+        "ExchangeRecord",
+        "Headers",
+        "Limits",
+        "ProxyProtocol",
+        "Request",
+        "Response",
+        "ResponseInfo",
+        "shutdown_proxy",
+        "start_proxy",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -45,10 +67,14 @@ __all__ = (
     "EventTooLarge",
     "ExchangeRecord",
     "FlowProtocol",
+    "Headers",
     "Limits",
     "Pipe",
     "PipeError",
     "ProxyProtocol",
+    "Request",
+    "Response",
+    "ResponseInfo",
     "SourceCancelled",
     "Usage",
     "__version__",

@@ -33,9 +33,53 @@
 How the modules fit together, an exchange's life and the hot path of one body chunk: docs/architecture.md.
 """
 
-from .limits import Limits
-from .proxy import Proxy, proxy_of, shutdown_proxy, start_proxy
-from .record import ExchangeRecord
-from .server import ProxyProtocol
+from __future__ import annotations
 
-__all__ = ("ExchangeRecord", "Limits", "Proxy", "ProxyProtocol", "proxy_of", "shutdown_proxy", "start_proxy")
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .hooks import Headers, Request, Response, ResponseInfo
+    from .limits import Limits
+    from .proxy import Proxy, proxy_of, shutdown_proxy, start_proxy
+    from .record import ExchangeRecord
+    from .server import ProxyProtocol
+
+__all__ = (
+    "ExchangeRecord",
+    "Headers",
+    "Limits",
+    "Proxy",
+    "ProxyProtocol",
+    "Request",
+    "Response",
+    "ResponseInfo",
+    "proxy_of",
+    "shutdown_proxy",
+    "start_proxy",
+)
+
+# Loaded on first use: the gateway package imports this package's leaf modules (address, limits), and
+# the proxy imports the gateway, so importing the package must not pull the proxy in.
+_HOMES = {
+    "ExchangeRecord": "record",
+    "Headers": "hooks",
+    "Limits": "limits",
+    "Proxy": "proxy",
+    "ProxyProtocol": "server",
+    "Request": "hooks",
+    "Response": "hooks",
+    "ResponseInfo": "hooks",
+    "proxy_of": "proxy",
+    "shutdown_proxy": "proxy",
+    "start_proxy": "proxy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -32,7 +32,10 @@ class BodyPipe(Protocol):
     def connect(self, sink: Any) -> None: ...
     def pause_producing(self) -> None: ...
     def resume_producing(self) -> None: ...
-    def cancel(self) -> None: ...
+    def cancel(self, reason: Any = None) -> None: ...
+    def start_draining(self) -> None: ...
+    @property
+    def on_disconnect(self) -> Any: ...
 
 
 class UpstreamSide(Protocol):
@@ -82,6 +85,9 @@ class ClientSide(Protocol):
     def upstream_lost(self, exchange: Exchange, connection: Any) -> None:
         """The connection closed before any response head (``connection.reused``/``.got_bytes`` say how)."""
 
+    def upstream_connect_failed(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
+        """No connection could be opened for ``exchange`` (refused, timed out, TLS): nothing was written."""
+
     def upstream_unavailable(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
         """No response head will come: answer ``status`` on the proxy's behalf."""
 
@@ -93,6 +99,7 @@ class Exchange:
     """The state of one request/response exchange; plain slots, no behaviour of its own."""
 
     __slots__ = (
+        "attempts",
         "body_pending",
         "body_pending_size",
         "chunked",
@@ -105,22 +112,31 @@ class Exchange:
         "first_byte",
         "head",
         "head_only",
+        "hook_task",
         "http10",
+        "in_flight",
+        "interim_sent",
         "keep_alive",
+        "link",
         "local",
         "method",
         "pipe",
+        "replay",
+        "request",
         "request_body_bytes",
         "request_bytes",
         "request_chunks",
         "request_done",
         "retried",
+        "route",
         "started",
         "status",
         "target",
+        "tried",
         "upgrade",
         "upstream",
         "upstream_status",
+        "usage",
     )
 
     def __init__(self, client: ClientSide) -> None:
@@ -143,9 +159,19 @@ class Exchange:
         self.request_bytes = 0  # as written upstream
         self.request_chunks = 0
         self.request_done = False
+        # where it goes: the route, the server of the current attempt, and the servers tried before
+        self.route: Any = None  # routing.ProxyRoute (None: answered locally, e.g. no route matched)
+        self.request: Any = None  # hooks.Request, while an on_request hook may still change it
+        self.hook_task: Any = None  # an async on_request hook's task
+        self.link: Any = None  # routing.ServerLink of the attempt in flight (or the last one)
+        self.attempts = 0
+        self.in_flight = False  # counted in its server's in-flight exchanges (least-connections)
+        self.tried: list[Any] | None = None  # gateway Servers that failed this exchange
+        self.replay: list[bytes] | None = None  # a fully buffered request body, kept to send again
         # upstream side
         self.upstream: UpstreamSide | None = None
         self.retried = False
+        self.interim_sent = False  # a 1xx went to the client: no other server may answer now
         self.upstream_status: int | None = None
         self.pipe: BodyPipe | None = None
         # response to the client
@@ -157,6 +183,7 @@ class Exchange:
         self.first_byte = 0.0
         self.end_reason: str | None = None
         self.detail: str | None = None  # why the proxy answered itself, for the record
+        self.usage: Any = None  # fastpipe.usage.Usage, on a route with usage capture
 
     def abandon_upstream(self) -> None:
         """Let go of the upstream connection mid-exchange: it can never serve another request."""

@@ -7,13 +7,14 @@ proxy does not need to look at is forwarded untouched (name and value bytes as t
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Protocol
 
 __all__ = (
     "HOP_BY_HOP",
     "PROTECTED_FROM_CONNECTION",
     "REQUEST_KINDS",
     "RESPONSE_KINDS",
+    "Destination",
     "Forwarding",
     "connection_tokens",
     "error_response",
@@ -133,17 +134,23 @@ def status_line(code: int) -> bytes:
 
 
 class Forwarding:
-    """What one client connection adds to every request it forwards: X-Forwarded-For/-Proto, and the
-    upstream's own Host line for ``rewrite_host`` and requests without Host."""
+    """What one client connection adds to every request it forwards: X-Forwarded-For and -Proto."""
 
-    __slots__ = ("peer", "plain", "proto", "rewrite_host", "upstream_host_line")
+    __slots__ = ("peer", "plain", "proto")
 
-    def __init__(self, peer: bytes, proto: bytes, upstream_host_line: bytes, rewrite_host: bool) -> None:
+    def __init__(self, peer: bytes, proto: bytes) -> None:
         self.peer = peer
         self.proto = proto
-        self.upstream_host_line = upstream_host_line
-        self.rewrite_host = rewrite_host
         self.plain = b"X-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"  # no XFF came in
+
+
+class Destination(Protocol):
+    """What the route a request takes changes in its head (:class:`~fastpipe.http.routing.ProxyRoute`)."""
+
+    host_line: bytes  # ``Host: <upstream>\r\n``, for rewrite_host and HTTP/1.0 requests without Host
+    rewrite_host: bool
+    set_names: list[bytes] | None  # lower-cased names of the headers the route sets (the client's go)
+    set_lines: bytes  # the route's own header lines
 
 
 def upstream_request_head(
@@ -152,21 +159,25 @@ def upstream_request_head(
     request_line: bytes,
     drop: list[bytes] | None,
     host: bytes | None,
-    authority: bytes | None,
     xff: bytes | None,
     forwarding: Forwarding,
+    destination: Destination,
     chunked: bool,
     http10: bool,
 ) -> bytes:
-    """The request head for the upstream: the client's forwardable header ``parts`` (consumed) less those
-    Connection named (``drop``), with the Host, forwarding and framing headers of this hop."""
+    """The request head for the upstream: the client's forwardable header ``parts`` (consumed, Host not
+    among them) less those Connection named (``drop``) and those the route sets, with the Host, forwarding,
+    route and framing headers of this hop."""
     parts[0] = request_line
+    set_names = destination.set_names
+    if set_names is not None:
+        drop = set_names if drop is None else drop + set_names
     if drop is not None:
         parts = without_names(parts, drop)
-    if host is None or forwarding.rewrite_host:
-        parts.append(forwarding.upstream_host_line)
-    elif authority is not None:
-        parts.append(b"Host: " + authority + b"\r\n")
+    if host is None or destination.rewrite_host:
+        parts.append(destination.host_line)
+    else:
+        parts += (b"Host: ", host, b"\r\n")
     if xff is None:
         parts.append(forwarding.plain)
     else:
@@ -180,7 +191,9 @@ def upstream_request_head(
             + b"\r\n"
         )
     if host is not None:
-        parts.append(b"X-Forwarded-Host: " + host + b"\r\n")
+        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+    if set_names is not None:
+        parts.append(destination.set_lines)
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if http10:
@@ -191,14 +204,18 @@ def upstream_request_head(
     return b"".join(parts)
 
 
-def local_response(code: int, body: bytes, *, head_only: bool, keep_alive: bool, http10: bool) -> bytes:
-    """A complete plain-text response the proxy answers itself on a connection that may go on."""
+def local_response(
+    code: int, body: bytes, *, head_only: bool, keep_alive: bool, http10: bool, nosniff: bool = False
+) -> bytes:
+    """A complete plain-text response the proxy answers itself on a connection that may go on
+    (``nosniff`` for a body that echoes what the client sent)."""
     connection = (
         b"" if keep_alive and not http10 else b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n"
     )
     return (
         status_line(code)
         + b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: %d\r\n" % len(body)
+        + (b"X-Content-Type-Options: nosniff\r\n" if nosniff else b"")
         + connection
         + b"\r\n"
         + (b"" if head_only else body)

@@ -9,30 +9,47 @@ no signal handlers: the CLI does that.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import logging
+import os
 import ssl as _ssl
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
+from ..gateway.config import GatewayConfig, config_from_dict, load_config
+from ..usage import Usage, capture_usage
 from .address import UpstreamAddress, parse_upstream
 from .deadlines import DeadlineSweep
 from .exchange import Exchange
+from .hooks import Headers, Request, ResponseInfo, headers_of
 from .limits import Limits
 from .record import ExchangeHook, ExchangeRecord, access_logger, format_access_line
+from .routing import Routing, ServerLink, TLSOptions, single_route_config
 from .server import ProxyProtocol
-from .tls import UpstreamTLS, listener_context
+from .tls import listener_context
 from .upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from ..gateway.metrics import GatewayMetrics
 
 __all__ = ("Proxy", "proxy_of", "shutdown_proxy", "start_proxy")
 
 
 class Proxy:
-    """The shared state of one reverse proxy; call it to make a client protocol."""
+    """The shared state of one reverse proxy; call it to make a client protocol.
+
+    ``Proxy("http://127.0.0.1:8000")`` is one route to one server; ``Proxy(config=...)`` serves a gateway
+    configuration (a :class:`~fastpipe.gateway.GatewayConfig`, the dict of one, or a TOML file's path).
+    """
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | None = None,
         *,
+        config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         limits: Limits | None = None,
         on_exchange: ExchangeHook | None = None,
         access_log: bool = False,
@@ -43,50 +60,55 @@ class Proxy:
         upstream_cert: str | None = None,
         upstream_key: str | None = None,
         upstream_sni: str | None = None,
+        on_request: Callable[[Request], Any] | None = None,
+        on_response: Callable[[ResponseInfo, Any], Any] | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
-        self.address: UpstreamAddress = parse_upstream(upstream)
-        tls_options = (upstream_ssl, upstream_ca, upstream_cert, upstream_key, upstream_sni)
-        if self.address.tls:
-            self.upstream_tls: UpstreamTLS | None = UpstreamTLS.build(
-                self.address.host,
-                ca=upstream_ca,
-                insecure=upstream_insecure,
-                cert=upstream_cert,
-                key=upstream_key,
-                sni=upstream_sni,
-                context=upstream_ssl,
-            )
-        elif upstream_insecure or any(option is not None for option in tls_options):
-            raise ValueError(f"upstream TLS options need an https:// upstream, got {upstream!r}")
-        else:
-            self.upstream_tls = None
-        self.limits = limits if limits is not None else Limits()
-        if on_exchange is not None and not callable(on_exchange):
-            raise TypeError(f"on_exchange must be callable, got {type(on_exchange).__name__}")
+        for name, hook in (("on_exchange", on_exchange), ("on_request", on_request), ("on_response", on_response)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, got {type(hook).__name__}")
+        gateway = _gateway_config(upstream, config, limits)
+        self.config = gateway
+        self.limits = limits if limits is not None else Limits.from_options(dict(gateway.limits))
+        tls = TLSOptions(upstream_ssl, upstream_ca, upstream_insecure, upstream_cert, upstream_key, upstream_sni)
+        self.routing = Routing(gateway, self.limits, tls)
+        first = self.routing.links[0]
+        self.address: UpstreamAddress = first.address  # the first server's (the only one with ``upstream``)
         self.on_exchange = on_exchange
+        self.on_request = on_request
+        self.on_response = on_response
+        self.observes_responses = on_response is not None
+        self.metrics = metrics
         self.access_log = access_log
         self.health_path = _health_target(health_path)
-        self.recording = on_exchange is not None or access_log
-        self.host_line = b"Host: " + self.address.host_header + b"\r\n"
+        self.recording = on_exchange is not None or access_log or metrics is not None
         self.connections: set[ProxyProtocol] = set()
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: UpstreamPool | None = None
         self._sweep: DeadlineSweep | None = None
+        self._health_timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    def from_options(cls, upstream: str, **options: Any) -> Proxy:
-        """From one set of keyword arguments: this class's own (see ``__init__``), the rest :class:`Limits`'."""
+    def from_options(cls, upstream: str | None = None, **options: Any) -> Proxy:
+        """From one set of keyword arguments: this class's own (see ``__init__``), the rest :class:`Limits`'.
+
+        With ``config``, the given limits override the file's ``[limits]`` (a route's own still win).
+        """
         own = {name: options.pop(name) for name in _OWN_OPTIONS if name in options}
+        config = own.get("config")
+        if config is not None and options:
+            own["config"] = _with_limits(_loaded(config), options)
+            return cls(upstream, **own)
         return cls(upstream, limits=Limits.from_options(options), **own)
 
     def __call__(self) -> ProxyProtocol:
         return ProxyProtocol(self)
 
     def __repr__(self) -> str:
+        routes = len(self.routing.routes)
         return (
-            f"<Proxy upstream={self.address.host}:{self.address.port} connections={len(self.connections)}"
-            f"{' draining' if self.draining else ''}>"
+            f"<Proxy routes={routes} upstream={self.address.host}:{self.address.port}"
+            f" connections={len(self.connections)}{' draining' if self.draining else ''}>"
         )
 
     @property
@@ -94,29 +116,105 @@ class Proxy:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self._pool = UpstreamPool(self.address.host, self.address.port, self.limits, loop, self.upstream_tls)
-            self._sweep = DeadlineSweep(loop, self.limits.shortest_timeout)
+            self.routing.bind(loop, self.limits)
+            self._sweep = DeadlineSweep(loop, min(self.limits.shortest_timeout, *self._route_timeouts()))
+            if self.metrics is not None:
+                self._report_health()
         return loop
+
+    def _route_timeouts(self) -> list[float]:
+        return [min(route.limits.upstream_timeout, route.limits.connect_timeout) for route in self.routing.routes]
 
     @property
     def pool(self) -> UpstreamPool:
-        if self._pool is None:
-            self.loop  # noqa: B018 - binds the pool to the running loop
-        assert self._pool is not None
-        return self._pool
+        """The connection pool of the first server (the only one of a proxy made with ``upstream``)."""
+        self.loop  # noqa: B018 - binds the pools to the running loop
+        pool = self.routing.links[0].pool
+        assert pool is not None
+        return pool
 
     def register(self, connection: ProxyProtocol) -> None:
         self.connections.add(connection)
         assert self._sweep is not None
         self._sweep.add(connection)
+        if self.metrics is not None:
+            self.metrics.connection_opened()
 
     def unregister(self, connection: ProxyProtocol) -> None:
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            if self.metrics is not None:
+                self.metrics.connection_closed()
         if self._sweep is not None:
             self._sweep.discard(connection)
 
+    def tunnel_changed(self, opened: bool) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            if opened:
+                metrics.tunnel_opened()
+            else:
+                metrics.tunnel_closed()
+
+    def server_failed(self, link: ServerLink) -> None:
+        """Count a failed attempt against ``link``'s server; say so when that ejects it."""
+        group = link.group
+        was_up = group.is_up(link.server)
+        group.failed(link.server)
+        if was_up and not group.is_up(link.server):
+            logger.warning(
+                "fastpipe: upstream %s server %s ejected for %g s after failing",
+                group.name,
+                link.url,
+                group.fail_timeout,
+            )
+        if self.metrics is not None:
+            self.metrics.upstream_health(group.name, link.url, group.is_up(link.server))
+
+    def _report_health(self) -> None:
+        """Refresh ``fastpipe_upstream_up`` each second: an ejection ends by time passing, not by an event."""
+        metrics = self.metrics
+        assert metrics is not None and self._loop is not None
+        for link in self.routing.links:
+            metrics.upstream_health(link.group.name, link.url, link.group.is_up(link.server))
+        self._health_timer = self._loop.call_later(1.0, self._report_health)
+
+    def observe_response(self, exchange: Exchange, pipe: Any, parts: list[bytes], peer: str) -> None:
+        """A response head arrived: the route's usage capture and the on_response hook see its Pipe
+        before the first byte goes out. A hook that raises is logged; the stream goes on."""
+        route = exchange.route
+        if route.usage is not None:
+            capture_usage(pipe, route.usage, partial(_usage_seen, exchange))
+            pipe.on_disconnect = route.drain
+        hook = self.on_response
+        if hook is None:
+            return
+        link = exchange.link
+        info = ResponseInfo(
+            exchange.method.decode("latin-1"),
+            exchange.target.decode("latin-1"),
+            peer,
+            route.name,
+            link.group.name,
+            link.url,
+            exchange.upstream_status or 0,
+            Headers._trusted(headers_of(parts)),
+        )
+        try:
+            result = hook(info, pipe)
+        except Exception as exc:
+            logger.error("fastpipe: the on_response hook raised for %r; the stream goes on", exchange, exc_info=exc)
+            return
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            logger.error("fastpipe: on_response must be a plain function (it runs before the first byte); ignored")
+
     def record(self, exchange: Exchange, reason: str, now: float, client: str, pipe: Any) -> None:
-        """Make the exchange's record and hand it to the hook and the access log."""
+        """Make the exchange's record and hand it to the hook, the access log and the metrics."""
+        route = exchange.route
+        link = exchange.link
         record = ExchangeRecord(
             client=client,
             method=exchange.method.decode("latin-1"),
@@ -131,6 +229,11 @@ class Proxy:
             response_chunks=pipe.chunks if pipe is not None else 0,
             end=reason,
             detail=exchange.detail,
+            route=None if route is None else route.name,
+            upstream=None if route is None else route.group.name,
+            server=None if link is None else link.url,
+            attempts=exchange.attempts,
+            usage=exchange.usage,
         )
         hook = self.on_exchange
         if hook is not None:
@@ -142,6 +245,8 @@ class Proxy:
                 )
         if self.access_log:
             access_logger.info(format_access_line(record))
+        if self.metrics is not None:
+            self.metrics.exchange_ended(record)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Close idle connections now, let in-flight responses finish for ``grace`` seconds, cut the rest."""
@@ -156,14 +261,58 @@ class Proxy:
             await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
         for connection in list(self.connections):
             connection.cut()
-        self.pool.close()
+        pools = self.routing.pools
+        for pool in pools:
+            pool.close()
         # Let the transports deliver connection_lost before the caller closes the loop.
         for _ in range(100):
-            if not self.connections and not self.pool.open:
+            if not self.connections and not any(pool.open for pool in pools):
                 break
             await asyncio.sleep(0.01)
         if self._sweep is not None:
             self._sweep.close()
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+
+
+def _usage_seen(exchange: Exchange, usage: Usage, reason: object) -> None:
+    exchange.usage = usage
+
+
+def _loaded(config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str]) -> GatewayConfig:
+    if isinstance(config, GatewayConfig):
+        return config
+    if isinstance(config, Mapping):
+        return config_from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    raise TypeError(f"config must be a GatewayConfig, a dict or a file path, got {type(config).__name__}")
+
+
+def _gateway_config(
+    upstream: str | None,
+    config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
+    limits: Limits | None,
+) -> GatewayConfig:
+    if config is None:
+        if upstream is None:
+            raise TypeError("a Proxy needs an upstream URL or a config")
+        parse_upstream(upstream)  # its own clear error for a bad URL
+        return single_route_config(upstream, limits if limits is not None else Limits())
+    if upstream is not None:
+        raise ValueError("give an upstream URL (one route) or a config with routes, not both")
+    return _loaded(config)
+
+
+def _with_limits(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
+    """``config`` with the limits given in code or on the command line over its ``[limits]`` table."""
+    merged = {**config.limits, **given}
+    Limits.from_options(dict(merged))  # a bad name or value is refused here, with Limits' own message
+    routes = tuple(
+        dataclasses.replace(route, limits=Limits.from_options({**merged, **route.limit_overrides}))
+        for route in config.routes
+    )
+    return dataclasses.replace(config, limits=merged, routes=routes)
 
 
 def _health_target(path: str | None) -> bytes | None:
@@ -176,6 +325,10 @@ def _health_target(path: str | None) -> bytes | None:
 
 # The keyword arguments of Proxy besides ``limits``; start_proxy passes them on and the rest to Limits.
 _OWN_OPTIONS = (
+    "config",
+    "on_request",
+    "on_response",
+    "metrics",
     "on_exchange",
     "access_log",
     "health_path",

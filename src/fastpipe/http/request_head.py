@@ -29,7 +29,6 @@ class RequestHead:
     """The request head under construction; plain state plus the checks that need all of it."""
 
     __slots__ = (
-        "authority",
         "connection_names",
         "connection_upgrade",
         "content_length",
@@ -53,7 +52,6 @@ class RequestHead:
         # parts[0] becomes the request line; then name, ": ", value, CRLF per header; None once consumed
         self.parts: list[bytes] | None = [b""]
         self.host: bytes | None = None
-        self.authority: bytes | None = None  # from an absolute-form target; becomes the Host
         self.xff: bytes | None = None
         self.connection_names: list[bytes] | None = None
         self.transfer_encoding: bytes | None = None
@@ -86,9 +84,7 @@ class RequestHead:
         elif kind == h.HOST:
             if self.host is not None:
                 raise BadRequest(400, "more than one Host header")
-            self.host = value
-            if not limits.rewrite_host:
-                parts += (name, b": ", value, b"\r\n")
+            self.host = value  # written upstream by upstream_request_head, after the route decided
         elif kind == h.CONTENT_LENGTH:
             self.content_length = int(value)
             parts += (name, b": ", value, b"\r\n")
@@ -141,9 +137,6 @@ class RequestHead:
             chunked = True
         elif self.host is None and not http10:
             raise BadRequest(400, "HTTP/1.1 request without Host")
-        max_body = limits.max_body_size
-        if max_body is not None and self.content_length > max_body:
-            raise BadRequest(413, f"request body over {max_body} bytes")
         return http10, chunked
 
     @property
@@ -175,14 +168,19 @@ class RequestHead:
         if url.port is not None:
             host += b":%d" % url.port
         self.target = (url.path or b"/") + (b"?" + url.query if url.query is not None else b"")
-        self.authority = host
-        self.host = host
-        self.connection_names = (self.connection_names or []) + [b"host"]  # the client's Host gives way
+        self.host = host  # the client's Host gives way
 
     def upstream_bytes(
-        self, method: bytes, http10: bool, chunked: bool, forwarding: h.Forwarding, tunnel: bytes | None = None
+        self,
+        method: bytes,
+        http10: bool,
+        chunked: bool,
+        forwarding: h.Forwarding,
+        route: h.Destination,
+        target: bytes,
+        tunnel: bytes | None = None,
     ) -> bytes:
-        """The head to send upstream (the parts are consumed: later fields are trailers)."""
+        """The head to send upstream for ``target`` (the parts are consumed: later fields are trailers)."""
         parts = self.parts
         assert parts is not None
         self.parts = None
@@ -190,15 +188,23 @@ class RequestHead:
             parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
         return h.upstream_request_head(
             parts,
-            request_line=method + b" " + self.target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
+            request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
             drop=self.connection_names,
             host=self.host,
-            authority=self.authority,
             xff=self.xff,
             forwarding=forwarding,
+            destination=route,
             chunked=chunked,
             http10=http10,
         )
+
+    def take_parts(self) -> list[bytes]:
+        """The forwardable header parts, less those Connection named, for a hook to see (consumed)."""
+        parts = self.parts
+        assert parts is not None
+        self.parts = None
+        names = self.connection_names
+        return parts if names is None else h.without_names(parts, names)
 
 
 def _drop_underscored(lowered: bytes, limits: Limits) -> bool:

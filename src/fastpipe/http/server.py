@@ -14,41 +14,47 @@ beside it, a send deadline while the client is not taking what is written; the s
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import socket
 import struct
 from collections import deque
+from functools import partial
 from time import monotonic as _now
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from ..end_reason import EndReason
 from . import headers as h
 from .exchange import BodyPipe, Exchange, UpstreamSide
+from .hooks import Headers, Request, Response, headers_of, parts_of, response_bytes
 from .read_gate import BUFFERED, QUEUED, UPGRADING, UPSTREAM_FULL, ReadGate
-from .record import CLIENT_GONE, COMPLETE, REJECTED, SHUTDOWN, TIMEOUT, UPGRADED, UPSTREAM_ERROR
+from .record import CLIENT_GONE, COMPLETE, DRAINED, REJECTED, SHUTDOWN, TIMEOUT, UPGRADED, UPSTREAM_ERROR
 from .request_head import BadRequest, RequestHead
+from .stages import BODY as _BODY
+from .stages import HEADER as _HEADER
+from .stages import IDLE as _IDLE
+from .stages import LINGER as _LINGER
+from .stages import LINGER_SECONDS, stage_timeouts
+from .stages import NO_DEADLINE as _NO_DEADLINE
+from .stages import TUNNEL as _TUNNEL
+from .stages import UPSTREAM as _UPSTREAM
 from .tls import forget_transport
 from .writes import writelines_of
 
 if TYPE_CHECKING:
     from .limits import Limits
-    from .upstream import UpstreamConnection, UpstreamPool
+    from .routing import ProxyRoute, Routing
+    from .upstream import UpstreamConnection
 
-__all__ = ("ProxyProtocol",)
-
-# What the connection's stage deadline is for (one at a time; the send deadline runs beside it).
-_NO_DEADLINE = 0
-_HEADER = 1  # a request head must complete
-_IDLE = 2  # a keep-alive connection waits for its next request
-_UPSTREAM = 3  # the upstream must send its response head
-_LINGER = 4  # after an error response, input is discarded for a moment before the close
-_BODY = 5  # the request body must keep arriving (idle_timeout between reads)
-_TUNNEL = 6  # an upgraded connection must carry a byte, either way, within tunnel_idle_timeout
+__all__ = ("LINGER_SECONDS", "ProxyProtocol")
 
 # Methods a request may be sent again with after a connection failed under it (RFC 9110 §9.2.2).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-LINGER_SECONDS = 1.0
+logger = logging.getLogger("fastpipe")
+
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends a reset
 
 
@@ -60,23 +66,31 @@ class ProxyContext(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
     @property
-    def pool(self) -> UpstreamPool: ...
+    def routing(self) -> Routing: ...
     @property
     def draining(self) -> bool: ...
     @property
     def recording(self) -> bool:
-        """Whether finished exchanges are recorded (a hook or the access log wants them)."""
-
-    @property
-    def host_line(self) -> bytes:
-        """``Host: <upstream>\\r\\n``, for rewrite_host and HTTP/1.0 requests without Host."""
+        """Whether finished exchanges are recorded (a hook, the access log or metrics want them)."""
 
     @property
     def health_path(self) -> bytes | None: ...
+    @property
+    def on_request(self) -> Callable[[Request], Any] | None: ...
+    @property
+    def observes_responses(self) -> bool:
+        """Whether ``observe_response`` must see response heads (an on_response hook)."""
 
     def register(self, connection: ProxyProtocol) -> None: ...
     def unregister(self, connection: ProxyProtocol) -> None: ...
     def record(self, exchange: Exchange, reason: str, now: float, client: str, pipe: Any) -> None: ...
+    def observe_response(self, exchange: Exchange, pipe: BodyPipe, parts: list[bytes], peer: str) -> None:
+        """The route's usage capture and the on_response hook, before the first byte goes out."""
+
+    def server_failed(self, link: Any) -> None:
+        """The server of ``link`` (a routing.ServerLink) failed an attempt before a response head."""
+
+    def tunnel_changed(self, opened: bool) -> None: ...
 
 
 class _ParserCallbacks:
@@ -112,6 +126,9 @@ class ProxyProtocol(asyncio.Protocol):
         "_active",
         "_deadline_kind",
         "_deferred_reject",
+        "_drain_left",
+        "_drain_timer",
+        "_draining",
         "_forwarding",
         "_gate",
         "_head",
@@ -131,6 +148,7 @@ class ProxyProtocol(asyncio.Protocol):
         "_pipe",
         "_proxy",
         "_queue",
+        "_routing",
         "_send_deadline",
         "_stage_deadline",
         "_timeouts",
@@ -155,7 +173,8 @@ class ProxyProtocol(asyncio.Protocol):
         self._parser = HttpRequestParser(_ParserCallbacks(self, self._head))
         self._transport: Any = None
         self._peer = "-"
-        self._forwarding = h.Forwarding(b"-", b"http", proxy.host_line, proxy.limits.rewrite_host)
+        self._forwarding = h.Forwarding(b"-", b"http")
+        self._routing = proxy.routing
         self._parsing: Exchange | None = None  # the request being parsed
         self._active: Exchange | None = None  # the exchange being answered
         self._queue: deque[Exchange] | None = None  # parsed, waiting behind the active one
@@ -172,23 +191,17 @@ class ProxyProtocol(asyncio.Protocol):
         self._tunnel_client_ended = False
         self._tunnel_upstream_ended = False
         self._lost = False
+        self._draining = False  # the client left; a usage route reads the upstream on (see _drain)
+        self._drain_left = 0
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._deferred_reject: tuple[int, str] | None = None
         self._in_head = False
         self._head_began = False
         self._message_ended = False
         self._lingering = False
         self._head_bytes = 0
-        limits = self._limits
-        # seconds per deadline kind, indexed by kind
-        self._timeouts = (
-            0.0,
-            limits.header_timeout,
-            limits.idle_timeout,
-            limits.upstream_timeout,
-            LINGER_SECONDS,
-            limits.idle_timeout,
-            limits.tunnel_idle_timeout,
-        )
+        # seconds per deadline kind, indexed by kind; the route of each exchange brings its own
+        self._timeouts = stage_timeouts(self._limits)
         self.deadline = 0.0  # what the sweep reads: the earlier of the two below
         self._stage_deadline = 0.0
         self._deadline_kind = _NO_DEADLINE
@@ -210,9 +223,7 @@ class ProxyProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
         proto = b"http" if transport.get_extra_info("sslcontext") is None else b"https"
-        self._forwarding = h.Forwarding(
-            self._peer.encode("ascii", "replace"), proto, self._proxy.host_line, limits.rewrite_host
-        )
+        self._forwarding = h.Forwarding(self._peer.encode("ascii", "replace"), proto)
         self._arm(_HEADER)
         self._proxy.register(self)
         if self._proxy.draining:
@@ -229,10 +240,17 @@ class ProxyProtocol(asyncio.Protocol):
         self._parsing = None
         pipe = self._pipe
         if pipe is not None:
+            policy = pipe.on_disconnect
+            if policy.drains and self._tunnel is None:
+                self._drain(pipe, policy.max_bytes, policy.timeout)
+                return
             pipe.cancel()  # releases the owner (the upstream connection closes) and calls self.end
             return
         exchange = self._active
         if exchange is not None:
+            task = exchange.hook_task
+            if task is not None:
+                task.cancel()
             exchange.abandon_upstream()
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
 
@@ -356,11 +374,7 @@ class ProxyProtocol(asyncio.Protocol):
             head.parts = None  # nothing goes upstream; later fields are trailers
             self._answer_health(exchange)
         else:
-            tunnel = None if http10 else head.tunnel
-            if tunnel is not None:
-                exchange.upgrade = tunnel
-                self._upgrading = exchange
-            exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding, tunnel)
+            self._route(exchange, head, method, http10, chunked)
         if self._active is None:
             self._start(exchange)
             if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
@@ -404,6 +418,42 @@ class ProxyProtocol(asyncio.Protocol):
 
     # -- request side ----------------------------------------------------------------------------------
 
+    def _route(self, exchange: Exchange, head: RequestHead, method: bytes, http10: bool, chunked: bool) -> None:
+        """Choose the request's route and make the head it goes upstream with (after the on_request hook,
+        when there is one); a request no route takes is answered 404 here."""
+        host = head.host
+        route = self._routing.match(host or b"", head.target)
+        if route is None:
+            head.parts = None
+            exchange.detail = "no route"
+            body = self._routing.not_found_body(host or b"", head.target)
+            self._answer_locally_with(exchange, 404, body, nosniff=True)
+            return
+        exchange.route = route
+        max_body = self._max_body = route.max_body
+        if max_body is not None and head.content_length > max_body:
+            raise BadRequest(413, f"request body over {max_body} bytes")
+        tunnel = None if http10 else head.tunnel
+        if tunnel is not None:
+            exchange.upgrade = tunnel
+            self._upgrading = exchange
+        if self._proxy.on_request is None:
+            target = route.upstream_target(head.target) if route.strip_prefix else head.target
+            exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding, route, target, tunnel)
+            return
+        items = headers_of(head.take_parts())
+        if host is not None:
+            items.insert(0, ("Host", host.decode("latin-1")))
+        exchange.request = Request(
+            method.decode("latin-1"),
+            head.target.decode("latin-1"),
+            Headers._trusted(items),
+            self._peer,
+            route.name,
+            route.group.name,
+            head.xff,
+        )
+
     def _answer_health(self, exchange: Exchange) -> None:
         """The health endpoint: answered here, never upstream; 503 (and close) once draining began."""
         if self._proxy.draining:
@@ -436,21 +486,198 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
-        local = exchange.local
-        if local is not None:
-            exchange.client_keep_alive = exchange.keep_alive
-            exchange.first_byte = _now()
-            self._transport.write(local)
-            if exchange.request_done:
-                self._finish(exchange, COMPLETE)  # else once the request ends (on_message_complete)
+        if exchange.local is not None:
+            self._answer_locally(exchange)
+        elif exchange.request is not None:
+            self._run_request_hook(exchange)
+        else:
+            self._attempt(exchange, None)
+
+    def _answer_locally(self, exchange: Exchange) -> None:
+        """Send the response the proxy made itself (health, 404, a hook's Response)."""
+        exchange.client_keep_alive = exchange.keep_alive
+        exchange.first_byte = _now()
+        exchange.body_pending = None  # a body that arrived before the answer goes nowhere
+        if self._gate.paused_for(BUFFERED):
+            self._gate.resume(BUFFERED)
+        self._transport.write(exchange.local)
+        if exchange.request_done:
+            self._finish(exchange, COMPLETE)  # else once the request ends (on_message_complete)
+
+    def _answer_locally_with(self, exchange: Exchange, status: int, body: bytes, nosniff: bool = False) -> None:
+        exchange.status = status
+        exchange.local = h.local_response(
+            status,
+            body,
+            head_only=exchange.head_only,
+            keep_alive=exchange.keep_alive,
+            http10=exchange.http10,
+            nosniff=nosniff,
+        )
+
+    # -- the on_request hook ---------------------------------------------------------------------------
+
+    def _run_request_hook(self, exchange: Exchange) -> None:
+        request = exchange.request
+        hook = self._proxy.on_request
+        assert request is not None and hook is not None
+        try:
+            result = hook(request)
+        except Exception as exc:
+            self._request_hook_failed(exchange, "the on_request hook raised", exc)
             return
-        connection = self._proxy.pool.acquire()
+        if inspect.isawaitable(result):
+            task = exchange.hook_task = asyncio.ensure_future(result)
+            self._arm(_UPSTREAM)  # the hook's time counts against the upstream timeout
+            task.add_done_callback(partial(self._request_hook_done, exchange))
+            return
+        self._after_request_hook(exchange, result)
+
+    def _request_hook_done(self, exchange: Exchange, task: asyncio.Future[Any]) -> None:
+        exchange.hook_task = None
+        if exchange is not self._active or self._lost or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._request_hook_failed(exchange, "the on_request hook raised", error)
+            return
+        self._after_request_hook(exchange, task.result())
+
+    def _after_request_hook(self, exchange: Exchange, result: object) -> None:
+        request = exchange.request
+        exchange.request = None
+        if result is None:
+            try:
+                self._head_after_hook(exchange, request)
+            except (KeyError, ValueError, TypeError, UnicodeEncodeError) as exc:
+                self._request_hook_failed(exchange, "the on_request hook left the request unusable", exc)
+                return
+            self._attempt(exchange, None)
+        elif isinstance(result, Response):
+            exchange.status = result.status
+            exchange.detail = "answered by the on_request hook"
+            exchange.local = response_bytes(
+                result, head_only=exchange.head_only, keep_alive=exchange.keep_alive, http10=exchange.http10
+            )
+            self._answer_locally(exchange)
+        else:
+            error = TypeError(f"on_request returned {result!r}; it must return None or a fastpipe.Response")
+            self._request_hook_failed(exchange, "the on_request hook returned neither None nor a Response", error)
+
+    def _head_after_hook(self, exchange: Exchange, request: Request) -> None:
+        """The head to send upstream, from the request as the hook left it (its route, group, headers)."""
+        route = exchange.route
+        routing = self._routing
+        matched_group = route.group.name
+        if request.route != route.name:
+            route = routing.by_name.get(request.route)
+            if route is None:
+                raise ValueError(f"on_request chose route {request.route!r}, which is not configured")
+        if request.upstream != matched_group and request.upstream != route.group.name:
+            if request.upstream not in routing.groups:
+                raise ValueError(f"on_request chose upstream {request.upstream!r}, which is not configured")
+            route = routing.with_group(route, request.upstream)
+        exchange.route = route
+        host: bytes | None = None
+        items = []
+        for name, value in request.headers.items():
+            if name.lower() == "host":
+                if host is None:
+                    host = value.encode("latin-1")
+            else:
+                items.append((name, value))
+        parts = parts_of(items, b"")
+        tunnel = exchange.upgrade
+        if tunnel is not None:
+            parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
+        target = request.checked_target()
+        exchange.head = h.upstream_request_head(
+            parts,
+            request_line=exchange.method
+            + b" "
+            + (route.upstream_target(target) if route.strip_prefix else target)
+            + (b" HTTP/1.0\r\n" if exchange.http10 else b" HTTP/1.1\r\n"),
+            drop=None,
+            host=host,
+            xff=request.xff,
+            forwarding=self._forwarding,
+            destination=route,
+            chunked=exchange.chunked,
+            http10=exchange.http10,
+        )
+
+    def _request_hook_failed(self, exchange: Exchange, detail: str, error: BaseException) -> None:
+        """A 500 for an on_request hook that raised (its traceback is logged) or left a bad request."""
+        logger.error("fastpipe: %s for %r", detail, exchange, exc_info=error)
+        exchange.request = None
+        exchange.detail = detail
+        self._answer_locally_with(exchange, 500, b"500 Internal Server Error: the on_request hook failed\n")
+        self._answer_locally(exchange)
+
+    # -- attempts on the upstream servers ---------------------------------------------------------------
+
+    def _attempt(self, exchange: Exchange, link: Any) -> None:
+        """Send ``exchange`` to ``link``'s server, or to the server its group chooses (None)."""
+        route: ProxyRoute = exchange.route
+        if link is None:
+            link = route.only_link
+            if link is None:
+                server = route.group.choose(exchange.tried or ())
+                assert server is not None  # only None when every server was tried
+                link = route.links[server]
+        exchange.link = link
+        exchange.attempts += 1
+        exchange.in_flight = True
+        link.group.started(link.server)
+        self._timeouts = route.timeouts
+        pool = link.pool
+        connection = pool.acquire()
         if connection is None:
             self._arm(_NO_DEADLINE)  # the connect timeout covers this stage
-            self._proxy.pool.connect_for(exchange)
+            pool.connect_for(exchange, route.limits.connect_timeout)
             return
+        self._begin(exchange, connection)
+
+    def _begin(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        if exchange.request_done and exchange.body_pending and exchange.link.group.retries:
+            exchange.replay = list(exchange.body_pending)  # the whole body is here: it could go again
         self._await_head(exchange)
         connection.begin(exchange)
+
+    def _end_attempt(self, exchange: Exchange) -> None:
+        if exchange.in_flight:
+            exchange.in_flight = False
+            link = exchange.link
+            link.group.finished(link.server)
+
+    def _attempt_failed(self, exchange: Exchange, written: bool) -> bool:
+        """The attempt's server failed before a response head: count it, and send the request to another
+        server when the group allows a retry and RFC 9110 §9.2.2 does (True: the retry began)."""
+        link = exchange.link
+        self._end_attempt(exchange)
+        self._proxy.server_failed(link)
+        group = link.group
+        if exchange.attempts > group.retries:
+            return False
+        if written:
+            # Sent (perhaps in part): only a request that may run twice, whose whole body the proxy still
+            # has, and of whose response the client has seen nothing.
+            if exchange.method not in _IDEMPOTENT or exchange.interim_sent or not exchange.request_done:
+                return False
+            if exchange.content_length > 0 or exchange.chunked:
+                if exchange.replay is None:
+                    return False
+                exchange.body_pending = list(exchange.replay)
+        tried = exchange.tried
+        if tried is None:
+            tried = exchange.tried = []
+        tried.append(link.server)
+        server = group.choose(tried)
+        if server is None:
+            return False
+        route: ProxyRoute = exchange.route
+        self._attempt(exchange, route.links[server])
+        return True
 
     def _await_head(self, exchange: Exchange) -> None:
         """Arm the upstream timeout, which runs from the end of the request (a long upload is not slow
@@ -485,10 +712,16 @@ class ProxyProtocol(asyncio.Protocol):
     def upstream_ready(self, exchange: Exchange, connection: UpstreamConnection) -> None:
         """A new upstream connection for ``exchange`` is open."""
         if exchange is not self._active or self._lost:
-            self._proxy.pool.release(connection)
+            connection.release()
             return
-        self._await_head(exchange)
-        connection.begin(exchange)
+        self._begin(exchange, connection)
+
+    def upstream_connect_failed(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
+        """No connection to the attempt's server: nothing was written, so any request may go elsewhere."""
+        if exchange is not self._active or self._lost:
+            return
+        if not self._attempt_failed(exchange, written=False):
+            self._fail_exchange(exchange, status, reason, detail)
 
     def upstream_unavailable(self, exchange: Exchange, status: int, reason: str, detail: str) -> None:
         """No response head will come for ``exchange``: answer ``status`` on the proxy's behalf."""
@@ -504,11 +737,13 @@ class ProxyProtocol(asyncio.Protocol):
         if connection.reused and not connection.got_bytes and retryable:
             # A pooled connection the upstream had just closed: the request most likely never reached
             # it, but it may have, so only a method that may run twice is sent again (RFC 9110 §9.2.2).
+            # Not the server's failure: an idle connection it closed.
             exchange.retried = True
             self._arm(_NO_DEADLINE)
-            self._proxy.pool.connect_for(exchange)
+            exchange.link.pool.connect_for(exchange, exchange.route.limits.connect_timeout)
             return
-        self._fail_exchange(exchange, 502, UPSTREAM_ERROR, "the upstream closed the connection without responding")
+        if not self._attempt_failed(exchange, written=True):
+            self._fail_exchange(exchange, 502, UPSTREAM_ERROR, "the upstream closed the connection without responding")
 
     def upstream_write_paused(self) -> None:
         self._gate.pause(UPSTREAM_FULL)
@@ -522,6 +757,9 @@ class ProxyProtocol(asyncio.Protocol):
     def write_interim(self, head: bytes) -> None:
         """A 1xx response (100 Continue, 103 Early Hints) goes out at once."""
         if not self._lost:
+            exchange = self._active
+            if exchange is not None:
+                exchange.interim_sent = True
             self._transport.write(head)
 
     def start_response(self, exchange: Exchange, pipe: Any, parts: list[bytes], close_delimited: bool) -> None:
@@ -541,6 +779,10 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.first_byte = _now()
         if self._deadline_kind == _UPSTREAM:
             self._arm(_NO_DEADLINE)
+        link = exchange.link
+        link.group.succeeded(link.server)
+        if exchange.route.usage is not None or self._proxy.observes_responses:
+            self._proxy.observe_response(exchange, pipe, parts, self._peer)
         self._pending_head = b"".join(parts)
         self._pipe = pipe
         if self._write_paused:
@@ -571,6 +813,7 @@ class ProxyProtocol(asyncio.Protocol):
             assert upstream is not None
             self._tunnel = upstream
             self._tunnel_seen = 0
+            self._proxy.tunnel_changed(True)
             self._arm(_TUNNEL)  # from now on no request timeout applies
             if held:
                 exchange.request_bytes += len(held)
@@ -605,6 +848,9 @@ class ProxyProtocol(asyncio.Protocol):
     # -- the Pipe's sink -------------------------------------------------------------------------------
 
     def write(self, chunk: Any) -> None:
+        if self._draining:
+            self._drained(chunk)
+            return
         head = self._pending_head
         if head is None:
             self._transport.write(chunk)
@@ -617,6 +863,14 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange is None or exchange.pipe is not pipe:
             return
         self._pipe = None
+        if self._draining:
+            self._draining = False
+            timer = self._drain_timer
+            if timer is not None:
+                self._drain_timer = None
+                timer.cancel()
+            self._finish(exchange, DRAINED)
+            return
         state = pipe.state
         if state == "closed":
             head = self._pending_head
@@ -644,11 +898,35 @@ class ProxyProtocol(asyncio.Protocol):
             self._close()
         self._finish(exchange, reason)
 
+    # -- the client left a usage route: read the upstream on --------------------------------------------
+
+    def _drain(self, pipe: BodyPipe, max_bytes: int, timeout: float) -> None:
+        """Read the rest of the body for its taps (usage capture), within ``max_bytes`` and ``timeout``;
+        then the upstream connection is pooled (a complete response) or closed."""
+        self._draining = True
+        self._drain_left = max_bytes
+        self._pending_head = None
+        pipe.start_draining()
+        pipe.resume_producing()  # the client's flow control no longer applies
+        self._drain_timer = self._loop.call_later(timeout, pipe.cancel, EndReason.DRAIN_CUT_TIMEOUT)
+
+    def _drained(self, chunk: Any) -> None:
+        left = self._drain_left - (chunk.nbytes if isinstance(chunk, memoryview) else len(chunk))
+        self._drain_left = left
+        if left < 0:
+            pipe = self._pipe
+            if pipe is not None:
+                pipe.cancel(EndReason.DRAIN_CUT_BYTES)  # the taps saw this chunk; reading stops here
+
     # -- ending exchanges and connections --------------------------------------------------------------
 
     def _finish(self, exchange: Exchange, reason: str) -> None:
         self._active = None
-        self._tunnel = None
+        if self._tunnel is not None:
+            self._tunnel = None
+            self._proxy.tunnel_changed(False)
+        if exchange.in_flight:
+            self._end_attempt(exchange)
         now = _now()
         if self._proxy.recording:
             pipe = exchange.pipe
@@ -839,8 +1117,15 @@ class ProxyProtocol(asyncio.Protocol):
             exchange = self._active
             if exchange is None or exchange.pipe is not None:
                 return
+            task = exchange.hook_task
+            if task is not None:
+                exchange.hook_task = None
+                task.cancel()
+                self._fail_exchange(exchange, 504, TIMEOUT, "the on_request hook did not finish in time")
+                return
             exchange.abandon_upstream()
-            self._fail_exchange(exchange, 504, TIMEOUT, "the upstream did not answer in time")
+            if not self._attempt_failed(exchange, written=True):
+                self._fail_exchange(exchange, 504, TIMEOUT, "the upstream did not answer in time")
 
     def _tunnel_idle(self) -> None:
         """The tunnel's idle check: bytes moved either way since the last one keep it; none end it."""

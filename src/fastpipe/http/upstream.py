@@ -305,6 +305,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._mode = HEAD
             pipe.feed_eof()
 
+    def release(self) -> None:
+        """Back to the pool, unused (the exchange it was opened for is gone)."""
+        self._pool.release(self)
+
     def pause_reading(self) -> None:
         """The client is not taking the interim responses relayed to it: stop reading more of them."""
         if not self.closed:
@@ -686,16 +690,16 @@ class UpstreamPool:
         except ValueError:
             pass
 
-    def connect_for(self, exchange: Exchange) -> None:
-        """Open a new connection for ``exchange``; the outcome goes to its client protocol."""
-        task = self.loop.create_task(self._connect(exchange))
+    def connect_for(self, exchange: Exchange, timeout: float) -> None:
+        """Open a new connection for ``exchange`` within ``timeout`` seconds (the TLS handshake included);
+        the outcome goes to its client protocol."""
+        task = self.loop.create_task(self._connect(exchange, timeout))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
-    async def _connect(self, exchange: Exchange) -> None:
+    async def _connect(self, exchange: Exchange, timeout: float) -> None:
         client = exchange.client
         tls = self.tls
-        limits = self.limits
         if tls is None:
             opening = self.loop.create_connection(lambda: self._factory(self), self.host, self.port)
         else:
@@ -706,12 +710,12 @@ class UpstreamPool:
                 self.port,
                 ssl=tls.context,
                 server_hostname=tls.server_hostname,
-                ssl_handshake_timeout=limits.connect_timeout,
+                ssl_handshake_timeout=timeout,
             )
         try:
-            _, connection = await asyncio.wait_for(opening, limits.connect_timeout)
+            _, connection = await asyncio.wait_for(opening, timeout)
         except asyncio.TimeoutError:
-            client.upstream_unavailable(exchange, 504, TIMEOUT, "timed out connecting to the upstream")
+            client.upstream_connect_failed(exchange, 504, TIMEOUT, "timed out connecting to the upstream")
             return
         except OSError as exc:
             if tls is not None and (isinstance(exc, ssl.SSLError) or exc.errno is None):
@@ -719,7 +723,7 @@ class UpstreamPool:
                 logger.warning("%s", detail)
             else:
                 detail = f"cannot connect to the upstream: {exc.strerror or exc}"
-            client.upstream_unavailable(exchange, 502, UPSTREAM_ERROR, detail)
+            client.upstream_connect_failed(exchange, 502, UPSTREAM_ERROR, detail)
             return
         client.upstream_ready(exchange, connection)
 
