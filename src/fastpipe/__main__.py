@@ -2,7 +2,12 @@
 
 fastpipe proxy --upstream http://HOST:PORT --listen HOST:PORT [--workers N] [--health-path /healthz]
                [--shutdown-grace SECONDS] [--access-log] [--stock-loop]
+fastpipe proxy --config gateway.toml [flags that override the file]
+fastpipe check-config gateway.toml
 fastpipe demo [hazard|proxy|all]        (default: all)
+
+Flags that are given override the configuration file; flags not given never do (their defaults are the
+file's, then fastpipe's own).
 
 The proxy logs to stderr when it listens, when a stop signal (SIGTERM, SIGINT) starts its graceful drain,
 while the drain goes on (once a second), and how it ended: every exchange finished, or those still in
@@ -48,18 +53,22 @@ def _proxy_parser(subparsers: Any) -> None:
 
     defaults = Limits()
     parser = subparsers.add_parser("proxy", help="run the reverse proxy", description="Run the HTTP/1.1 reverse proxy.")
-    parser.add_argument("--upstream", required=True, help="http://HOST:PORT or https://HOST:PORT of the origin")
+    parser.add_argument("--upstream", help="http://HOST:PORT or https://HOST:PORT of the origin (one route)")
+    parser.add_argument("--config", metavar="FILE", help="a gateway configuration (TOML): routes, upstream groups")
     parser.add_argument(
-        "--listen", type=_listen_address, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)"
+        "--listen", type=_listen_address, help="HOST:PORT (default: the file's [server] listen, else 127.0.0.1:8080)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT; default 1)")
+    parser.add_argument(
+        "--metrics", type=_listen_address, metavar="HOST:PORT", help="serve Prometheus metrics at /metrics there"
+    )
     parser.add_argument(
         "--health-path",
         type=_health_path,
         metavar="PATH",
         help="answer GET/HEAD of PATH (e.g. /healthz) without going upstream: 200 while serving, 503 while draining",
     )
-    parser.add_argument("--access-log", action="store_true", help="one line per exchange on stderr")
+    parser.add_argument("--access-log", action="store_true", default=None, help="one line per exchange on stderr")
     parser.add_argument("--stock-loop", action="store_true", help="use asyncio's own loop instead of uvloop")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     tls = parser.add_argument_group("TLS (see fastpipe.start_proxy)")
@@ -74,42 +83,95 @@ def _proxy_parser(subparsers: Any) -> None:
     timeouts = ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout", "tunnel_idle_timeout")
     for name in (*timeouts, "shutdown_grace"):
         limits.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name), metavar="SECONDS"
+            f"--{name.replace('_', '-')}",
+            type=float,
+            metavar="SECONDS",
+            help=f"default {getattr(defaults, name):g}",
         )
     for name in ("max_header_size", "max_header_count", "pool_size", "write_high_water", "write_low_water"):
-        limits.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), metavar="N")
-    limits.add_argument("--max-body-size", type=_optional_size, default=defaults.max_body_size, metavar="BYTES")
-    limits.add_argument("--rewrite-host", action="store_true", help="send the upstream's host:port as Host")
+        limits.add_argument(
+            f"--{name.replace('_', '-')}", type=int, metavar="N", help=f"default {getattr(defaults, name)}"
+        )
+    limits.add_argument(
+        "--max-body-size",
+        type=_optional_size,
+        default=argparse.SUPPRESS,
+        metavar="BYTES",
+        help=f"default {defaults.max_body_size} (none: no limit)",
+    )
+    limits.add_argument(
+        "--rewrite-host", action="store_true", default=None, help="send the upstream's host:port as Host"
+    )
     limits.add_argument(
         "--underscores-in-headers",
         action="store_true",
+        default=None,
         help="forward request headers with '_' in their names (dropped by default, as nginx does)",
     )
     limits.add_argument(
-        "--abort-on-client-eof", action="store_true", help="a client's FIN mid-response ends the exchange (as nginx)"
+        "--abort-on-client-eof",
+        action="store_true",
+        default=None,
+        help="a client's FIN mid-response ends the exchange (as nginx)",
     )
-    limits.add_argument("--copy-bodies", action="store_true", help="forward parser copies instead of socket bytes")
+    limits.add_argument(
+        "--copy-bodies", action="store_true", default=None, help="forward parser copies instead of socket bytes"
+    )
+
+
+_LIMIT_FLAGS = (
+    "connect_timeout",
+    "upstream_timeout",
+    "header_timeout",
+    "idle_timeout",
+    "tunnel_idle_timeout",
+    "shutdown_grace",
+    "max_header_size",
+    "max_header_count",
+    "underscores_in_headers",
+    "pool_size",
+    "write_high_water",
+    "write_low_water",
+    "rewrite_host",
+    "abort_on_client_eof",
+)
 
 
 def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "connect_timeout": args.connect_timeout,
-        "upstream_timeout": args.upstream_timeout,
-        "header_timeout": args.header_timeout,
-        "idle_timeout": args.idle_timeout,
-        "tunnel_idle_timeout": args.tunnel_idle_timeout,
-        "shutdown_grace": args.shutdown_grace,
-        "max_header_size": args.max_header_size,
-        "max_header_count": args.max_header_count,
-        "underscores_in_headers": args.underscores_in_headers,
-        "max_body_size": args.max_body_size,
-        "pool_size": args.pool_size,
-        "write_high_water": args.write_high_water,
-        "write_low_water": args.write_low_water,
-        "rewrite_host": args.rewrite_host,
-        "abort_on_client_eof": args.abort_on_client_eof,
-        "zero_copy": not args.copy_bodies,
-    }
+    """The limits given on the command line, and only those: a flag not given leaves the file's value."""
+    given = {name: getattr(args, name) for name in _LIMIT_FLAGS if getattr(args, name) is not None}
+    if hasattr(args, "max_body_size"):
+        given["max_body_size"] = args.max_body_size
+    if args.copy_bodies:
+        given["zero_copy"] = False
+    return given
+
+
+class _Settings:
+    """The proxy's settings with flags over the file over the defaults, resolved once."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .gateway.config import ListenAddress, load_config
+        from .http.limits import Limits
+
+        self.config = None if args.config is None else load_config(args.config)
+        server = self.config.server if self.config is not None else None
+        self.limits = _limit_options(args)
+        file_limits = self.config.limits if self.config is not None else {}
+        self.grace: float = self.limits.get(
+            "shutdown_grace", file_limits.get("shutdown_grace", Limits().shutdown_grace)
+        )
+        if args.listen is not None:
+            self.listen = [ListenAddress(*args.listen)]
+        elif server is not None:
+            self.listen = list(server.listen)
+        else:
+            self.listen = [ListenAddress("127.0.0.1", 8080)]
+        self.workers: int = args.workers if args.workers is not None else server.workers if server else 1
+        self.access_log: bool = bool(args.access_log if args.access_log is not None else server and server.access_log)
+        self.metrics = ListenAddress(*args.metrics) if args.metrics is not None else server.metrics if server else None
+        self.upstream: str | None = args.upstream
+        self.shown_target = args.upstream if args.upstream is not None else f"the routes of {args.config}"
 
 
 def _say(text: str) -> None:
@@ -120,15 +182,27 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, settings: _Settings) -> int:
     from .http.proxy import start_proxy
 
-    host, port = args.listen
+    metrics = None
+    metrics_server = None
+    if settings.metrics is not None:
+        from .gateway.metrics import GatewayMetrics, serve_metrics
+        from .http.workers import worker_of_supervisor
+
+        metrics = GatewayMetrics()
+        if not worker_of_supervisor():
+            metrics_server = serve_metrics(settings.metrics.host, settings.metrics.port)
+            _say(f"metrics on http://{settings.metrics}/metrics")
+    listen = settings.listen[0] if len(settings.listen) == 1 else None
     server = await start_proxy(
-        args.upstream,
-        host=host,
-        port=port,
-        access_log=args.access_log,
+        settings.upstream,
+        config=settings.config,
+        host=None if listen is None else listen.host,
+        port=None if listen is None else listen.port,
+        metrics=metrics,
+        access_log=settings.access_log,
         reuse_port=args.reuse_port,
         health_path=args.health_path,
         certfile=args.certfile,
@@ -138,15 +212,19 @@ async def _serve(args: argparse.Namespace) -> int:
         upstream_cert=args.upstream_cert,
         upstream_key=args.upstream_key,
         upstream_sni=args.upstream_sni,
-        **_limit_options(args),
+        **settings.limits,
     )
-    bound = server.sockets[0].getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    from .http.proxy import proxy_of
+
     health = f", health {args.health_path}" if args.health_path else ""
     scheme = "https" if args.certfile else "http"
-    _say(
-        f"proxy listening on {scheme}://{shown}:{bound[1]} -> {args.upstream} (grace {args.shutdown_grace:g} s{health})"
-    )
+    for listening in proxy_of(server).servers:
+        bound = listening.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        _say(
+            f"proxy listening on {scheme}://{shown}:{bound[1]} -> {settings.shown_target}"
+            f" (grace {settings.grace:g} s{health})"
+        )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[signal.Signals] = []
@@ -156,7 +234,7 @@ async def _serve(args: argparse.Namespace) -> int:
         # process of the group, and the --workers supervisor forwards the one it got. The first one starts
         # the drain; a later one must not cut it short (the grace bounds it; SIGKILL stops at once).
         if stop.is_set():
-            _say(f"{sig.name} again: already shutting down (grace {args.shutdown_grace:g} s; SIGKILL stops at once)")
+            _say(f"{sig.name} again: already shutting down (grace {settings.grace:g} s; SIGKILL stops at once)")
             return
         received.append(sig)
         stop.set()
@@ -165,8 +243,10 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await stop.wait()
-        await _drain(server, args.shutdown_grace, received[0].name)
+        await _drain(server, settings.grace, received[0].name)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)  # a late duplicate must not turn a clean exit into a kill
@@ -208,23 +288,42 @@ async def _drain(server: asyncio.Server, grace: float, cause: str) -> None:
 
 
 def _proxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.workers < 1:
+    from .gateway.config import ConfigError
+
+    if (args.upstream is None) == (args.config is None):
+        print("fastpipe proxy: give --upstream URL (one route) or --config FILE (routes), one of them", file=sys.stderr)
+        return 2
+    try:
+        settings = _Settings(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"fastpipe proxy: cannot read {args.config}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    if settings.workers < 1:
         print("fastpipe: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.access_log:
+    if settings.workers > 1 and len(settings.listen) > 1:
+        print("fastpipe: --workers needs one listen address ([server] listen has several)", file=sys.stderr)
+        return 2
+    if settings.access_log:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         access = logging.getLogger("fastpipe.access")
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
-    if args.workers > 1:
+    if settings.workers > 1:
         from .http.workers import run_supervisor
 
         worker_argv = _without_options(argv, {"--workers", "--listen"})
-        host, port = args.listen
-        return run_supervisor(worker_argv, args.workers, host, port, args.shutdown_grace)
-    return run(lambda: _serve(args), stock_loop=args.stock_loop)
+        listen = settings.listen[0]
+        return run_supervisor(
+            worker_argv, settings.workers, listen.host, listen.port, settings.grace, metrics=settings.metrics
+        )
+    return run(lambda: _serve(args, settings), stock_loop=args.stock_loop)
 
 
 def _without_options(argv: Sequence[str], names: set[str]) -> list[str]:

@@ -87,6 +87,8 @@ class Proxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep: DeadlineSweep | None = None
         self._health_timer: asyncio.TimerHandle | None = None
+        self.servers: list[asyncio.Server] = []  # what start_proxy listens with
+        self.metrics_server: Any = None  # the /metrics endpoint start_proxy serves, if any
 
     @classmethod
     def from_options(cls, upstream: str | None = None, **options: Any) -> Proxy:
@@ -347,45 +349,86 @@ _PROXIES: weakref.WeakKeyDictionary[Any, Proxy] = weakref.WeakKeyDictionary()
 
 
 async def start_proxy(
-    upstream: str,
+    upstream: str | None = None,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
+    config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    host: str | None = None,
+    port: int | None = None,
     reuse_port: bool = False,
     ssl: _ssl.SSLContext | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
     **options: Any,
 ) -> asyncio.Server:
-    """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``) on ``host:port`` in the running loop.
+    """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``), or a gateway ``config`` (a
+    :class:`~fastpipe.gateway.GatewayConfig`, its dict, or a TOML file's path), in the running loop.
 
-    ``port=0`` picks a free port (``server.sockets[0].getsockname()[1]``). ``options`` are those of
-    :class:`Proxy` (below) and the keyword arguments of :class:`~fastpipe.http.limits.Limits` (timeouts,
-    sizes, pool size, write marks).
+    It listens on ``host:port`` (default ``127.0.0.1:8080``; with ``config``, its ``[server] listen``
+    addresses unless ``host``/``port`` are given); ``port=0`` picks a free port
+    (``server.sockets[0].getsockname()[1]``). With several listen addresses the first server is returned
+    and :func:`shutdown_proxy` stops them all. ``options`` are those of :class:`Proxy` (below) and the
+    keyword arguments of :class:`~fastpipe.http.limits.Limits` (timeouts, sizes, pool size, write marks),
+    which override the file's ``[limits]``.
     ``on_exchange(record)`` is called with an :class:`ExchangeRecord` as each exchange ends;
     ``access_log=True`` writes one line per exchange to the ``fastpipe.access`` logger. Works in any
     running loop, in any thread; installs no signal handlers. Stop it with :func:`shutdown_proxy`.
     ``health_path="/healthz"`` makes the proxy answer GET/HEAD of that path itself (query ignored):
     200 ``ok`` while serving, 503 ``draining`` (and close) once a graceful shutdown began.
 
+    Hooks: ``on_request(request)`` (sync or async) sees each :class:`~fastpipe.Request` before an
+    upstream is chosen and may answer with a :class:`~fastpipe.Response`; ``on_response(exchange, pipe)``
+    sees the response head and the body's Pipe before the first byte goes out (``pipe.tap(observer)``,
+    ``pipe.on_disconnect = DisconnectPolicy.drain(...)``). ``metrics=GatewayMetrics()`` counts into your
+    own registry; a config's ``metrics = "HOST:PORT"`` serves them at ``/metrics``.
+
     TLS: ``ssl=context`` or ``certfile``/``keyfile`` serve clients over HTTPS. An ``https://`` upstream is
     verified against the system trust store, or ``upstream_ca`` (a PEM bundle); ``upstream_insecure``
     verifies nothing; ``upstream_cert``/``upstream_key`` present a client certificate; ``upstream_sni`` is
     the name sent and verified; ``upstream_ssl`` is a ready context instead of those.
     """
+    if config is not None:
+        options["config"] = _loaded(config)
+    served_metrics = None
+    gateway = options.get("config")
+    if gateway is not None and gateway.server.metrics is not None and options.get("metrics") is None:
+        from ..gateway.metrics import GatewayMetrics, serve_metrics
+        from .workers import worker_of_supervisor
+
+        options["metrics"] = GatewayMetrics()
+        if not worker_of_supervisor():  # a --workers supervisor serves the sum of its workers itself
+            address = gateway.server.metrics
+            served_metrics = serve_metrics(address.host, address.port)
     proxy = Proxy.from_options(upstream, **options)
     listener_tls = listener_context(ssl, certfile, keyfile)
+    if gateway is not None and host is None and port is None:
+        addresses = [(address.host, address.port) for address in gateway.server.listen]
+    else:
+        addresses = [(host or "127.0.0.1", 8080 if port is None else port)]
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        proxy,
-        host,
-        port,
-        reuse_port=reuse_port or None,
-        ssl=listener_tls,
-        ssl_handshake_timeout=proxy.limits.header_timeout if listener_tls is not None else None,
-    )
-    _PROXIES[server] = proxy
-    return server
+    servers: list[asyncio.Server] = []
+    try:
+        for listen_host, listen_port in addresses:
+            servers.append(
+                await loop.create_server(
+                    proxy,
+                    listen_host,
+                    listen_port,
+                    reuse_port=reuse_port or None,
+                    ssl=listener_tls,
+                    ssl_handshake_timeout=proxy.limits.header_timeout if listener_tls is not None else None,
+                )
+            )
+    except BaseException:
+        for server in servers:
+            server.close()
+        if served_metrics is not None:
+            served_metrics.close()
+        raise
+    proxy.servers = servers
+    proxy.metrics_server = served_metrics
+    for server in servers:
+        _PROXIES[server] = proxy
+    return servers[0]
 
 
 def proxy_of(server: asyncio.AbstractServer) -> Proxy:
@@ -400,8 +443,11 @@ async def shutdown_proxy(server: asyncio.AbstractServer, grace: float | None = N
     """Graceful shutdown: stop accepting, close idle keep-alive connections, let in-flight responses
     finish for ``grace`` seconds (default: the ``shutdown_grace`` limit), cut the rest, close the pool."""
     proxy = proxy_of(server)
-    server.close()
+    for listening in proxy.servers or [server]:  # type: ignore[list-item]
+        listening.close()
     await proxy.shutdown(grace)
+    if proxy.metrics_server is not None:
+        proxy.metrics_server.close()
     # Every connection was closed or reset above; since Python 3.12 wait_closed() also waits for their
     # transports to detach, which a loop that delivers connection_lost late must not turn into a hang.
     try:

@@ -15,10 +15,18 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
-__all__ = ("run_supervisor",)
+__all__ = ("run_supervisor", "worker_of_supervisor")
 
 RESTART_BACKOFF = 1.0  # seconds: at least this long between two starts of the same worker slot
+# Set in each worker's environment when the supervisor serves the metrics: the worker only counts.
+METRICS_WORKER_ENV = "FASTPIPE_METRICS_WORKER"
+
+
+def worker_of_supervisor() -> bool:
+    """Whether this process is a worker whose metrics a supervisor serves (summed over the workers)."""
+    return os.environ.get(METRICS_WORKER_ENV) == "1"
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -44,12 +52,35 @@ def _say(text: str) -> None:
     print(f"fastpipe supervisor[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
 
 
-def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: int, grace: float) -> int:
+def run_supervisor(
+    worker_argv: Sequence[str], workers: int, host: str, port: int, grace: float, metrics: Any = None
+) -> int:
     """Run ``workers`` copies of ``python -m fastpipe proxy <worker_argv> --listen HOST:PORT --reuse-port``.
 
     Each worker logs its own start and drain; the supervisor logs each worker it starts, each one that dies
-    (and its replacement), the stop signal, and how every worker ended.
+    (and its replacement), the stop signal, and how every worker ended. With ``metrics`` (a listen
+    address) the supervisor serves ``/metrics`` there: the sum over its workers, which write their
+    numbers to a shared directory (prometheus_client's multiprocess mode).
     """
+    environment = None
+    metrics_server = None
+    if metrics is not None:
+        from ..gateway.metrics import prepare_multiprocess, serve_metrics
+
+        directory = prepare_multiprocess()
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory, METRICS_WORKER_ENV: "1"}
+        metrics_server = serve_metrics(metrics.host, metrics.port, multiprocess_dir=directory)
+        _say(f"metrics of all workers on http://{metrics}/metrics")
+    try:
+        return _supervise(worker_argv, workers, host, port, grace, environment)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+def _supervise(
+    worker_argv: Sequence[str], workers: int, host: str, port: int, grace: float, environment: dict[str, str] | None
+) -> int:
     reserved = reserve_port(host, port)
     port = reserved.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -73,12 +104,14 @@ def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: in
                 if process is not None and process.poll() is None:
                     continue
                 if process is not None:
+                    if environment is not None:
+                        _worker_exited(process.pid)
                     wait = max(0.0, RESTART_BACKOFF - (now - started_at[index]))
                     later = f" in {wait:.1f} s" if wait > 0.05 else ""
                     _say(f"worker {process.pid} {_describe_exit(process.returncode)}; starting a replacement{later}")
                     slots[index] = None
                 if now - started_at[index] >= RESTART_BACKOFF and not stopping:
-                    worker = slots[index] = subprocess.Popen(command)
+                    worker = slots[index] = subprocess.Popen(command, env=environment)
                     started_at[index] = now
                     _say(f"worker {worker.pid} started (slot {index + 1} of {workers})")
             time.sleep(0.1)
@@ -108,3 +141,10 @@ def run_supervisor(worker_argv: Sequence[str], workers: int, host: str, port: in
         reserved.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _worker_exited(pid: int) -> None:
+    """A dead worker's live gauges (open connections, tunnels) no longer count."""
+    from ..gateway.metrics import worker_exited
+
+    worker_exited(pid)
