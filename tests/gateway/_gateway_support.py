@@ -1,0 +1,136 @@
+"""Real origins for the gateway tests: small aiohttp servers that say who they are and what they got."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from fastpipe.http import ExchangeRecord, proxy_of, shutdown_proxy, start_proxy
+
+
+class NamedOrigin:
+    """An aiohttp server answering every path with JSON: its name, the method, path and headers it got.
+
+    ``/slow?seconds=S`` answers after S seconds; ``/status/N`` answers status N. ``requests`` counts
+    what reached it, ``in_flight`` what it is answering now.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen = {
+            "server": self.name,
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": dict(request.headers),
+            "body": body.decode("latin-1"),
+        }
+        self.requests.append(seen)
+        self.in_flight += 1
+        try:
+            if request.path == "/slow":
+                await asyncio.sleep(float(request.query.get("seconds", "1")))
+            status = int(request.path.rsplit("/", 1)[1]) if request.path.startswith("/status/") else 200
+            return web.json_response(seen, status=status)
+        finally:
+            self.in_flight -= 1
+
+    async def start(self, port: int = 0) -> NamedOrigin:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+@asynccontextmanager
+async def origins(*names: str) -> AsyncIterator[list[NamedOrigin]]:
+    started = [await NamedOrigin(name).start() for name in names]
+    try:
+        yield started
+    finally:
+        for origin in started:
+            await origin.stop()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Gateway:
+    """A started gateway proxy: its URL, the records of ended exchanges, and a client."""
+
+    def __init__(self, server: Any, records: list[ExchangeRecord]) -> None:
+        self.server = server
+        self.records = records
+        self.proxy = proxy_of(server)
+        self.port: int = server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=10.0)
+
+    async def get(self, path: str, **options: Any) -> httpx.Response:
+        return await self.client.get(path, **options)
+
+    async def seen_by(self, path: str, **options: Any) -> str:
+        """The name of the origin that answered ``GET path``."""
+        response = await self.get(path, **options)
+        assert response.status_code == 200, response.text
+        return str(response.json()["server"])
+
+    async def wait_records(self, count: int, timeout: float = 5.0) -> list[ExchangeRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.records) < count:
+            if loop.time() > deadline:
+                raise AssertionError(f"only {len(self.records)} of {count} exchanges ended: {self.records}")
+            await asyncio.sleep(0.01)
+        return self.records
+
+
+@asynccontextmanager
+async def gateway(config: Mapping[str, Any], **options: Any) -> AsyncIterator[Gateway]:
+    """Serve ``config`` (a dict as the TOML file would be) on a free port of 127.0.0.1."""
+    records: list[ExchangeRecord] = []
+    server = await start_proxy(config=config, host="127.0.0.1", port=0, on_exchange=records.append, **options)
+    running = Gateway(server, records)
+    try:
+        yield running
+    finally:
+        await running.client.aclose()
+        await shutdown_proxy(server, grace=0.5)
+
+
+def group(*servers: str, **settings: Any) -> dict[str, Any]:
+    return {"servers": list(servers), **settings}
+
+
+def body_of(response: httpx.Response) -> dict[str, Any]:
+    return dict(json.loads(response.text))
