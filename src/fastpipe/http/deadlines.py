@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from time import monotonic as _now
-from typing import Protocol
+from typing import Callable, Protocol
 
-__all__ = ("DeadlineSweep", "HasDeadline")
+__all__ = ("ConnectionDeadlines", "DeadlineSweep", "HasDeadline")
 
 
 class HasDeadline(Protocol):
@@ -59,3 +59,67 @@ class DeadlineSweep:
             member.deadline_expired(now)
         if self._members and self._handle is None:
             self._handle = self._loop.call_later(self._interval, self._sweep)
+
+
+class ConnectionDeadlines:
+    """One client connection's deadlines, as the sweep sees it: a stage deadline (one ``kind`` at a time,
+    its seconds from ``timeouts``, the table of the route being served) and a send deadline beside it,
+    armed while the client takes nothing; ``deadline`` is the earlier. When one passes, the connection's
+    ``on_stage_expired(kind)`` or ``on_send_expired()`` is called."""
+
+    __slots__ = ("_on_send_expired", "_on_stage_expired", "deadline", "kind", "send", "stage", "timeouts")
+
+    def __init__(
+        self,
+        timeouts: tuple[float, ...],
+        on_stage_expired: Callable[[int], None],
+        on_send_expired: Callable[[], None],
+    ) -> None:
+        self.timeouts = timeouts
+        self._on_stage_expired = on_stage_expired
+        self._on_send_expired = on_send_expired
+        self.deadline = 0.0  # what the sweep reads
+        self.kind = 0  # the stage waited for (0: none)
+        self.stage = 0.0
+        self.send = 0.0
+
+    def arm(self, kind: int, now: float = 0.0) -> None:
+        """Wait for stage ``kind``: its timeout from ``now`` (kind 0 waits for nothing)."""
+        self.kind = kind
+        stage = self.stage = (now or _now()) + self.timeouts[kind] if kind else 0.0
+        send = self.send
+        self.deadline = send if send and (not stage or send < stage) else stage
+
+    def arm_send(self, seconds: float) -> None:
+        """Start the send deadline unless it runs already."""
+        if not self.send:
+            self.send = _now() + seconds
+            self._sync()
+
+    def disarm_send(self) -> None:
+        self.send = 0.0
+        self._sync()
+
+    def clear(self) -> None:
+        self.kind = 0
+        self.deadline = self.stage = self.send = 0.0
+
+    def deadline_expired(self, now: float) -> None:
+        send = self.send
+        if send and send <= now:
+            self.send = 0.0
+            self._sync()
+            self._on_send_expired()
+        elif 0.0 < self.stage <= now:
+            kind = self.kind
+            self.kind = 0
+            self.stage = 0.0
+            self._sync()
+            self._on_stage_expired(kind)
+        else:
+            self._sync()  # the sweep cleared ``deadline``; a later one may still run
+
+    def _sync(self) -> None:
+        stage = self.stage
+        send = self.send
+        self.deadline = send if send and (not stage or send < stage) else stage

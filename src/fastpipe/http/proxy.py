@@ -138,7 +138,7 @@ class Proxy:
     def register(self, connection: ProxyProtocol) -> None:
         self.connections.add(connection)
         assert self._sweep is not None
-        self._sweep.add(connection)
+        self._sweep.add(connection.deadlines)
         if self.metrics is not None:
             self.metrics.connection_opened()
 
@@ -148,7 +148,7 @@ class Proxy:
             if self.metrics is not None:
                 self.metrics.connection_closed()
         if self._sweep is not None:
-            self._sweep.discard(connection)
+            self._sweep.discard(connection.deadlines)
 
     def tunnel_changed(self, opened: bool) -> None:
         metrics = self.metrics

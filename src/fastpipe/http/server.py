@@ -7,8 +7,9 @@ whose sink is this protocol (``write`` per chunk, ``end`` once). Flow control bo
 transport's ``pause_writing``/``resume_writing`` pause and resume the Pipe's producer (the upstream
 transport), and the upstream's write buffer pauses reading from the client (through the :class:`ReadGate`)
 while a request body streams. Pipelined requests queue behind the one in flight and are answered in order,
-each once the client has taken the previous response. Deadlines: one stage deadline (``_arm(kind)``) and,
-beside it, a send deadline while the client is not taking what is written; the sweep reads the earlier.
+each once the client has taken the previous response. Deadlines (:class:`ConnectionDeadlines`): one stage
+deadline (``deadlines.arm(kind)``) and, beside it, a send deadline while the client is not taking what is
+written; the proxy's sweep reads the earlier.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from ..end_reason import EndReason
 from . import headers as h
+from .deadlines import ConnectionDeadlines
 from .exchange import BodyPipe, Exchange, UpstreamSide
 from .hooks import Headers, Request, Response, headers_of, parts_of, response_bytes
 from .read_gate import BUFFERED, QUEUED, UPGRADING, UPSTREAM_FULL, ReadGate
@@ -124,7 +126,6 @@ class ProxyProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_active",
-        "_deadline_kind",
         "_deferred_reject",
         "_drain_left",
         "_drain_timer",
@@ -149,9 +150,6 @@ class ProxyProtocol(asyncio.Protocol):
         "_proxy",
         "_queue",
         "_routing",
-        "_send_deadline",
-        "_stage_deadline",
-        "_timeouts",
         "_transport",
         "_tunnel",
         "_tunnel_client_ended",
@@ -161,7 +159,7 @@ class ProxyProtocol(asyncio.Protocol):
         "_upgrading",
         "_write_paused",
         "_writelines",
-        "deadline",
+        "deadlines",
     )
 
     def __init__(self, proxy: ProxyContext) -> None:
@@ -201,11 +199,7 @@ class ProxyProtocol(asyncio.Protocol):
         self._lingering = False
         self._head_bytes = 0
         # seconds per deadline kind, indexed by kind; the route of each exchange brings its own
-        self._timeouts = stage_timeouts(self._limits)
-        self.deadline = 0.0  # what the sweep reads: the earlier of the two below
-        self._stage_deadline = 0.0
-        self._deadline_kind = _NO_DEADLINE
-        self._send_deadline = 0.0  # armed while the client is not taking what is written to it
+        self.deadlines = ConnectionDeadlines(stage_timeouts(self._limits), self._stage_expired, self._send_expired)
 
     def __repr__(self) -> str:
         return f"<ProxyProtocol peer={self._peer} active={self._active!r}>"
@@ -224,7 +218,7 @@ class ProxyProtocol(asyncio.Protocol):
         self._peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
         proto = b"http" if transport.get_extra_info("sslcontext") is None else b"https"
         self._forwarding = h.Forwarding(self._peer.encode("ascii", "replace"), proto)
-        self._arm(_HEADER)
+        self.deadlines.arm(_HEADER)
         self._proxy.register(self)
         if self._proxy.draining:
             self._close()
@@ -233,8 +227,7 @@ class ProxyProtocol(asyncio.Protocol):
         self._lost = True
         forget_transport(self._transport)
         self._gate.detach()
-        self._deadline_kind = _NO_DEADLINE
-        self.deadline = self._stage_deadline = self._send_deadline = 0.0
+        self.deadlines.clear()
         self._proxy.unregister(self)
         self._queue = None
         self._parsing = None
@@ -287,8 +280,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._send_deadline = 0.0
-        self._sync_deadline()
+        self.deadlines.disarm_send()
         pipe = self._pipe
         if pipe is not None:
             pipe.resume_producing()
@@ -352,7 +344,7 @@ class ProxyProtocol(asyncio.Protocol):
         self._head_began = True
         self._head_bytes = 0
         if self._active is None:
-            self._arm(_HEADER, now)
+            self.deadlines.arm(_HEADER, now)
 
     def on_headers_complete(self) -> None:
         exchange = self._parsing
@@ -378,7 +370,7 @@ class ProxyProtocol(asyncio.Protocol):
         if self._active is None:
             self._start(exchange)
             if not exchange.request_done and (exchange.content_length > 0 or exchange.chunked):
-                self._arm(_BODY)
+                self.deadlines.arm(_BODY)
         else:
             if self._queue is None:
                 self._queue = deque()
@@ -395,8 +387,8 @@ class ProxyProtocol(asyncio.Protocol):
             raise BadRequest(413, f"request body over {self._max_body} bytes")
         if exchange.chunked:
             body = b"%x\r\n" % size + body + b"\r\n"
-        if self._deadline_kind == _BODY:
-            self._arm(_BODY)
+        if self.deadlines.kind == _BODY:
+            self.deadlines.arm(_BODY)
         self._send_body(exchange, body)
 
     def on_message_complete(self) -> None:
@@ -528,7 +520,7 @@ class ProxyProtocol(asyncio.Protocol):
             return
         if inspect.isawaitable(result):
             task = exchange.hook_task = asyncio.ensure_future(result)
-            self._arm(_UPSTREAM)  # the hook's time counts against the upstream timeout
+            self.deadlines.arm(_UPSTREAM)  # the hook's time counts against the upstream timeout
             task.add_done_callback(partial(self._request_hook_done, exchange))
             return
         self._after_request_hook(exchange, result)
@@ -629,11 +621,11 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.attempts += 1
         exchange.in_flight = True
         link.group.started(link.server)
-        self._timeouts = route.timeouts
+        self.deadlines.timeouts = route.timeouts
         pool = link.pool
         connection = pool.acquire()
         if connection is None:
-            self._arm(_NO_DEADLINE)  # the connect timeout covers this stage
+            self.deadlines.arm(_NO_DEADLINE)  # the connect timeout covers this stage
             pool.connect_for(exchange, route.limits.connect_timeout)
             return
         self._begin(exchange, connection)
@@ -683,29 +675,17 @@ class ProxyProtocol(asyncio.Protocol):
         """Arm the upstream timeout, which runs from the end of the request (a long upload is not slow
         to answer) to the response head; while the body still streams, the body timeout runs instead."""
         if not exchange.request_done:
-            self._arm(_BODY)
+            self.deadlines.arm(_BODY)
         elif exchange.pipe is None:
-            self._arm(_UPSTREAM)
+            self.deadlines.arm(_UPSTREAM)
         else:
-            self._arm(_NO_DEADLINE)
-
-    def _arm(self, kind: int, now: float = 0.0) -> None:
-        """Set the stage deadline: ``kind``'s timeout from ``now`` (none for _NO_DEADLINE)."""
-        self._deadline_kind = kind
-        self._stage_deadline = (now or _now()) + self._timeouts[kind] if kind != _NO_DEADLINE else 0.0
-        self._sync_deadline()
+            self.deadlines.arm(_NO_DEADLINE)
 
     def _arm_send(self) -> None:
         """Start the send deadline unless it runs already: idle_timeout for the client to read again."""
-        if not self._send_deadline and not self._lost:
-            limits = self._limits
-            self._send_deadline = _now() + (limits.idle_timeout if self._tunnel is None else limits.tunnel_idle_timeout)
-            self._sync_deadline()
-
-    def _sync_deadline(self) -> None:
-        stage = self._stage_deadline
-        send = self._send_deadline
-        self.deadline = send if send and (not stage or send < stage) else stage
+        if not self._lost:
+            deadlines = self.deadlines
+            deadlines.arm_send(deadlines.timeouts[_TUNNEL if self._tunnel is not None else _IDLE])
 
     # -- called by the upstream side -------------------------------------------------------------------
 
@@ -739,7 +719,7 @@ class ProxyProtocol(asyncio.Protocol):
             # it, but it may have, so only a method that may run twice is sent again (RFC 9110 §9.2.2).
             # Not the server's failure: an idle connection it closed.
             exchange.retried = True
-            self._arm(_NO_DEADLINE)
+            self.deadlines.arm(_NO_DEADLINE)
             exchange.link.pool.connect_for(exchange, exchange.route.limits.connect_timeout)
             return
         if not self._attempt_failed(exchange, written=True):
@@ -777,8 +757,8 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.close_delimited = close_delimited
         exchange.status = exchange.upstream_status
         exchange.first_byte = _now()
-        if self._deadline_kind == _UPSTREAM:
-            self._arm(_NO_DEADLINE)
+        if self.deadlines.kind == _UPSTREAM:
+            self.deadlines.arm(_NO_DEADLINE)
         link = exchange.link
         link.group.succeeded(link.server)
         if exchange.route.usage is not None or self._proxy.observes_responses:
@@ -814,7 +794,7 @@ class ProxyProtocol(asyncio.Protocol):
             self._tunnel = upstream
             self._tunnel_seen = 0
             self._proxy.tunnel_changed(True)
-            self._arm(_TUNNEL)  # from now on no request timeout applies
+            self.deadlines.arm(_TUNNEL)  # from now on no request timeout applies
             if held:
                 exchange.request_bytes += len(held)
                 upstream.send(held)
@@ -949,14 +929,14 @@ class ProxyProtocol(asyncio.Protocol):
             if self._write_paused:
                 # The client has not taken this response yet: the next one waits (resume_writing starts
                 # it), so a client that pipelines and never reads holds no more than the write marks.
-                self._arm(_NO_DEADLINE)
+                self.deadlines.arm(_NO_DEADLINE)
                 return
             self._start_queued()
             return
         if self._gate.input_ended:
             self._close()  # the client half-closed: nothing more can come
             return
-        self._arm(_HEADER if self._in_head else _IDLE)
+        self.deadlines.arm(_HEADER if self._in_head else _IDLE)
 
     def _start_queued(self) -> None:
         queue = self._queue
@@ -1033,7 +1013,7 @@ class ProxyProtocol(asyncio.Protocol):
             return
         self._gate.drain_input()
         self._lingering = True
-        self._arm(_LINGER)
+        self.deadlines.arm(_LINGER)
         if transport.get_write_buffer_size():
             self._arm_send()
 
@@ -1041,7 +1021,7 @@ class ProxyProtocol(asyncio.Protocol):
         self._gate.mark_input_ended()
         if self._lingering:
             return  # the linger deadline (or the client's own close) ends the connection
-        self._arm(_NO_DEADLINE)
+        self.deadlines.arm(_NO_DEADLINE)
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -1060,20 +1040,7 @@ class ProxyProtocol(asyncio.Protocol):
                 pass
         transport.abort()
 
-    # -- deadlines and shutdown (called by the Proxy) --------------------------------------------------
-
-    def deadline_expired(self, now: float) -> None:
-        send = self._send_deadline
-        if send and send <= now:
-            self._send_deadline = 0.0
-            self._send_expired()
-        elif 0.0 < self._stage_deadline <= now:
-            kind = self._deadline_kind
-            self._deadline_kind = _NO_DEADLINE
-            self._stage_deadline = 0.0
-            self._stage_expired(kind)
-        if not self._lost:
-            self._sync_deadline()  # the sweep cleared ``deadline``; the other one may still run
+    # -- deadlines (called by the sweep) and shutdown (by the Proxy) --------------------------------------------------
 
     def _send_expired(self) -> None:
         """The client took nothing for idle_timeout: reset (a graceful close would wait on it forever)."""
@@ -1136,7 +1103,7 @@ class ProxyProtocol(asyncio.Protocol):
         seen = exchange.request_bytes + pipe.nbytes
         if seen != self._tunnel_seen:
             self._tunnel_seen = seen
-            self._arm(_TUNNEL)
+            self.deadlines.arm(_TUNNEL)
             return
         exchange.end_reason = TIMEOUT
         pipe.cancel()  # releases the upstream; end() resets the client

@@ -142,7 +142,7 @@ class Driver:
     def _check_stalled_body(self, local_port: int) -> None:
         """A request body that stopped arriving must have a timer armed, or it holds its connections forever."""
         protocol = self._protocol_for(local_port)
-        if protocol is None or protocol.deadline > 0.0:
+        if protocol is None or protocol.deadlines.deadline > 0.0:
             return
         active = protocol._active
         if active is not None and active.pipe is None and not active.request_done:
@@ -153,8 +153,9 @@ class Driver:
         protocol = self._protocol_for(local_port)
         if protocol is None:
             return 0  # the proxy already let go of it; the close is on its way
-        if protocol.deadline > 0.0:
-            protocol.deadline_expired(protocol.deadline)
+        deadlines = protocol.deadlines
+        if deadlines.deadline > 0.0:
+            deadlines.deadline_expired(deadlines.deadline)
             return 1
         if not protocol.busy:
             raise FuzzFailure("an idle connection has no deadline armed: it would stay open forever")
