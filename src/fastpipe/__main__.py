@@ -193,7 +193,7 @@ async def _serve(args: argparse.Namespace, settings: _Settings) -> int:
 
         metrics = GatewayMetrics()
         if not worker_of_supervisor():
-            metrics_server = serve_metrics(settings.metrics.host, settings.metrics.port)
+            metrics_server = serve_metrics(settings.metrics.host, settings.metrics.port, metrics.registry)
             _say(f"metrics on http://{settings.metrics}/metrics")
     listen = settings.listen[0] if len(settings.listen) == 1 else None
     server = await start_proxy(

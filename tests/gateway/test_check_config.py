@@ -78,7 +78,7 @@ def test_errors_are_file_line_message_and_exit_1(tmp_path: Path) -> None:
 
 def test_the_readme_example_is_valid(tmp_path: Path) -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("### Gateway configuration") :]
+    section = readme[readme.index("### Gateway: routes") :]
     example = section[section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml\n") + 8)]
     path = tmp_path / "gateway.toml"
     path.write_text(example)

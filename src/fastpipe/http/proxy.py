@@ -397,7 +397,7 @@ async def start_proxy(
         options["metrics"] = GatewayMetrics()
         if not worker_of_supervisor():  # a --workers supervisor serves the sum of its workers itself
             address = gateway.server.metrics
-            served_metrics = serve_metrics(address.host, address.port)
+            served_metrics = serve_metrics(address.host, address.port, options["metrics"].registry)
     proxy = Proxy.from_options(upstream, **options)
     listener_tls = listener_context(ssl, certfile, keyfile)
     if gateway is not None and host is None and port is None:
