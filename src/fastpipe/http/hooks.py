@@ -16,7 +16,7 @@ from typing import Union
 
 from . import headers as h
 
-__all__ = ("Headers", "Request", "Response", "ResponseInfo", "response_bytes")
+__all__ = ("Headers", "Request", "Response", "ResponseInfo", "head_from_request", "response_bytes")
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -255,6 +255,42 @@ def parts_of(items: list[tuple[str, str]], start_line: bytes) -> list[bytes]:
     for name, value in items:
         parts += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
     return parts
+
+
+def head_from_request(
+    request: Request,
+    method: bytes,
+    target: bytes,
+    *,
+    http10: bool,
+    chunked: bool,
+    tunnel: bytes | None,
+    forwarding: h.Forwarding,
+    destination: h.Destination,
+) -> bytes:
+    """The head to send upstream for a request an ``on_request`` hook has seen (and perhaps changed)."""
+    host: bytes | None = None
+    items = []
+    for name, value in request.headers.items():
+        if name.lower() == "host":
+            if host is None:
+                host = value.encode("latin-1")
+        else:
+            items.append((name, value))
+    parts = parts_of(items, b"")
+    if tunnel is not None:
+        parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
+    return h.upstream_request_head(
+        parts,
+        request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
+        drop=None,
+        host=host,
+        xff=request.xff,
+        forwarding=forwarding,
+        destination=destination,
+        chunked=chunked,
+        http10=http10,
+    )
 
 
 def response_bytes(response: Response, *, head_only: bool, keep_alive: bool, http10: bool) -> bytes:

@@ -25,7 +25,9 @@ from .upstream import UpstreamPool
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ("ProxyRoute", "Routing", "ServerLink", "TLSOptions", "single_route_config")
+    from .exchange import Exchange
+
+__all__ = ("IDEMPOTENT", "ProxyRoute", "Routing", "ServerLink", "TLSOptions", "retry_link", "single_route_config")
 
 DEFAULT_NAME = "default"
 
@@ -139,6 +141,7 @@ class ProxyRoute:
         )
 
     def upstream_target(self, target: bytes) -> bytes:
+        """The target to send upstream: with ``strip_prefix``, the prefix removed (a leading slash kept)."""
         return self.route.upstream_target(target) if self.strip_prefix else target
 
     def link(self, server: Server) -> ServerLink:
@@ -194,6 +197,21 @@ class Routing:
 
     not_found_body = staticmethod(not_found_body)  # the 404's body for a request no route takes
 
+    def rerouted(self, route: ProxyRoute, route_name: str, group_name: str) -> ProxyRoute:
+        """The route an ``on_request`` hook chose: ``route_name`` (if another), to ``group_name`` if the hook
+        set one other than the matched route's; ValueError for a name that is not configured."""
+        matched_group = route.group.name
+        if route_name != route.name:
+            chosen = self.by_name.get(route_name)
+            if chosen is None:
+                raise ValueError(f"on_request chose route {route_name!r}, which is not configured")
+            route = chosen
+        if group_name != matched_group and group_name != route.group.name:
+            if group_name not in self.groups:
+                raise ValueError(f"on_request chose upstream {group_name!r}, which is not configured")
+            route = self.with_group(route, group_name)
+        return route
+
     def with_group(self, route: ProxyRoute, group_name: str) -> ProxyRoute:
         """``route`` sending to another group (an ``on_request`` hook chose it); KeyError if unknown."""
         group = self.groups[group_name]
@@ -216,6 +234,37 @@ class Routing:
     @property
     def pools(self) -> list[UpstreamPool]:
         return [link.pool for link in self.links if link.pool is not None]
+
+
+# Methods a request may be sent again with after a connection failed under it (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+def retry_link(exchange: Exchange, written: bool) -> ServerLink | None:
+    """Where a request goes after its attempt's server failed before a response head, or None.
+
+    Not past the group's ``retries``. A request none of which was ``written`` may go anywhere; one that
+    was (perhaps in part) only if it may run twice (an idempotent method), the proxy still has its whole
+    body, and the client has seen nothing of a response (RFC 9110 §9.2.2). Never to a server tried before.
+    """
+    link: ServerLink = exchange.link
+    group = link.group
+    if exchange.attempts > group.retries:
+        return None
+    if written:
+        if exchange.method not in IDEMPOTENT or exchange.interim_sent or not exchange.request_done:
+            return None
+        if exchange.content_length > 0 or exchange.chunked:
+            if exchange.replay is None:
+                return None
+            exchange.body_pending = list(exchange.replay)
+    tried = exchange.tried
+    if tried is None:
+        tried = exchange.tried = []
+    tried.append(link.server)
+    server = group.choose(tried)
+    route: ProxyRoute = exchange.route
+    return None if server is None else route.links[server]
 
 
 def single_route_config(upstream: str, limits: Limits) -> GatewayConfig:

@@ -29,11 +29,12 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from ..end_reason import EndReason
 from . import headers as h
 from .deadlines import ConnectionDeadlines
-from .exchange import BodyPipe, Exchange, UpstreamSide
-from .hooks import Headers, Request, Response, headers_of, parts_of, response_bytes
+from .exchange import BodyPipe, Exchange
+from .hooks import Headers, Request, Response, head_from_request, headers_of, response_bytes
 from .read_gate import BUFFERED, QUEUED, UPGRADING, UPSTREAM_FULL, ReadGate
 from .record import CLIENT_GONE, COMPLETE, DRAINED, REJECTED, SHUTDOWN, TIMEOUT, UPGRADED, UPSTREAM_ERROR
 from .request_head import BadRequest, RequestHead
+from .routing import IDEMPOTENT, retry_link
 from .stages import BODY as _BODY
 from .stages import HEADER as _HEADER
 from .stages import IDLE as _IDLE
@@ -43,6 +44,7 @@ from .stages import NO_DEADLINE as _NO_DEADLINE
 from .stages import TUNNEL as _TUNNEL
 from .stages import UPSTREAM as _UPSTREAM
 from .tls import forget_transport
+from .tunnel import Tunnel
 from .writes import writelines_of
 
 if TYPE_CHECKING:
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
 
 __all__ = ("LINGER_SECONDS", "ProxyProtocol")
 
-# Methods a request may be sent again with after a connection failed under it (RFC 9110 §9.2.2).
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 logger = logging.getLogger("fastpipe")
 
@@ -152,9 +152,6 @@ class ProxyProtocol(asyncio.Protocol):
         "_routing",
         "_transport",
         "_tunnel",
-        "_tunnel_client_ended",
-        "_tunnel_seen",
-        "_tunnel_upstream_ended",
         "_upgrade_held",
         "_upgrading",
         "_write_paused",
@@ -184,10 +181,7 @@ class ProxyProtocol(asyncio.Protocol):
         # and once the upstream said 101 the connection carrying the tunnel and how far each side got
         self._upgrading: Exchange | None = None
         self._upgrade_held = b""
-        self._tunnel: UpstreamSide | None = None
-        self._tunnel_seen = 0  # bytes both ways at the last idle check
-        self._tunnel_client_ended = False
-        self._tunnel_upstream_ended = False
+        self._tunnel: Tunnel | None = None
         self._lost = False
         self._draining = False  # the client left; a usage route reads the upstream on (see _drain)
         self._drain_left = 0
@@ -255,11 +249,7 @@ class ProxyProtocol(asyncio.Protocol):
         tunnel = self._tunnel
         if tunnel is not None:
             # The client's side of a tunnel ended: pass the half-close on where the upstream can take it.
-            self._tunnel_client_ended = True
-            if not self._tunnel_upstream_ended and self._transport.can_write_eof() and tunnel.half_close():
-                return True  # (over TLS neither side can half-close: there the end of either ends the tunnel)
-            tunnel.end_tunnel()
-            return None
+            return True if tunnel.client_half_closed(self._transport.can_write_eof()) else None
         if self._lingering or not self.busy or self._parsing is not None:
             return None
         if self._limits.abort_on_client_eof:
@@ -299,8 +289,7 @@ class ProxyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self._tunnel
         if tunnel is not None:
-            self._active.request_bytes += len(data)  # type: ignore[union-attr]
-            tunnel.send(data)
+            tunnel.from_client(data)
             return
         if self._gate.input_ended:
             return
@@ -558,44 +547,16 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _head_after_hook(self, exchange: Exchange, request: Request) -> None:
         """The head to send upstream, from the request as the hook left it (its route, group, headers)."""
-        route = exchange.route
-        routing = self._routing
-        matched_group = route.group.name
-        if request.route != route.name:
-            route = routing.by_name.get(request.route)
-            if route is None:
-                raise ValueError(f"on_request chose route {request.route!r}, which is not configured")
-        if request.upstream != matched_group and request.upstream != route.group.name:
-            if request.upstream not in routing.groups:
-                raise ValueError(f"on_request chose upstream {request.upstream!r}, which is not configured")
-            route = routing.with_group(route, request.upstream)
-        exchange.route = route
-        host: bytes | None = None
-        items = []
-        for name, value in request.headers.items():
-            if name.lower() == "host":
-                if host is None:
-                    host = value.encode("latin-1")
-            else:
-                items.append((name, value))
-        parts = parts_of(items, b"")
-        tunnel = exchange.upgrade
-        if tunnel is not None:
-            parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
-        target = request.checked_target()
-        exchange.head = h.upstream_request_head(
-            parts,
-            request_line=exchange.method
-            + b" "
-            + (route.upstream_target(target) if route.strip_prefix else target)
-            + (b" HTTP/1.0\r\n" if exchange.http10 else b" HTTP/1.1\r\n"),
-            drop=None,
-            host=host,
-            xff=request.xff,
+        route = exchange.route = self._routing.rerouted(exchange.route, request.route, request.upstream)
+        exchange.head = head_from_request(
+            request,
+            exchange.method,
+            route.upstream_target(request.checked_target()),
+            http10=exchange.http10,
+            chunked=exchange.chunked,
+            tunnel=exchange.upgrade,
             forwarding=self._forwarding,
             destination=route,
-            chunked=exchange.chunked,
-            http10=exchange.http10,
         )
 
     def _request_hook_failed(self, exchange: Exchange, detail: str, error: BaseException) -> None:
@@ -644,31 +605,14 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _attempt_failed(self, exchange: Exchange, written: bool) -> bool:
         """The attempt's server failed before a response head: count it, and send the request to another
-        server when the group allows a retry and RFC 9110 §9.2.2 does (True: the retry began)."""
+        server where the group and RFC 9110 allow (True: the retry began)."""
         link = exchange.link
         self._end_attempt(exchange)
         self._proxy.server_failed(link)
-        group = link.group
-        if exchange.attempts > group.retries:
+        following = retry_link(exchange, written)
+        if following is None:
             return False
-        if written:
-            # Sent (perhaps in part): only a request that may run twice, whose whole body the proxy still
-            # has, and of whose response the client has seen nothing.
-            if exchange.method not in _IDEMPOTENT or exchange.interim_sent or not exchange.request_done:
-                return False
-            if exchange.content_length > 0 or exchange.chunked:
-                if exchange.replay is None:
-                    return False
-                exchange.body_pending = list(exchange.replay)
-        tried = exchange.tried
-        if tried is None:
-            tried = exchange.tried = []
-        tried.append(link.server)
-        server = group.choose(tried)
-        if server is None:
-            return False
-        route: ProxyRoute = exchange.route
-        self._attempt(exchange, route.links[server])
+        self._attempt(exchange, following)
         return True
 
     def _await_head(self, exchange: Exchange) -> None:
@@ -713,7 +657,7 @@ class ProxyProtocol(asyncio.Protocol):
         if exchange is not self._active or self._lost:
             return
         bodyless = exchange.content_length <= 0 and not exchange.chunked and exchange.request_done
-        retryable = bodyless and exchange.method in _IDEMPOTENT and not exchange.retried
+        retryable = bodyless and exchange.method in IDEMPOTENT and not exchange.retried
         if connection.reused and not connection.got_bytes and retryable:
             # A pooled connection the upstream had just closed: the request most likely never reached
             # it, but it may have, so only a method that may run twice is sent again (RFC 9110 §9.2.2).
@@ -791,13 +735,11 @@ class ProxyProtocol(asyncio.Protocol):
         if switched:
             upstream = exchange.upstream
             assert upstream is not None
-            self._tunnel = upstream
-            self._tunnel_seen = 0
+            tunnel = self._tunnel = Tunnel(exchange, upstream)
             self._proxy.tunnel_changed(True)
             self.deadlines.arm(_TUNNEL)  # from now on no request timeout applies
             if held:
-                exchange.request_bytes += len(held)
-                upstream.send(held)
+                tunnel.from_client(held)
             self._gate.resume(UPGRADING)
             return
         # Not switched: an ordinary response, and the connection goes on as HTTP.
@@ -807,9 +749,9 @@ class ProxyProtocol(asyncio.Protocol):
 
     def tunnel_upstream_ended(self, exchange: Exchange) -> bool:
         """The upstream half-closed the tunnel: so does the client's side where it can (not over TLS)."""
-        self._tunnel_upstream_ended = True
+        tunnel = self._tunnel
         transport = self._transport
-        if self._lost or self._tunnel_client_ended or not transport.can_write_eof():
+        if tunnel is None or not tunnel.upstream_half_closed() or self._lost or not transport.can_write_eof():
             return False
         head = self._pending_head
         if head is not None:
@@ -1098,11 +1040,10 @@ class ProxyProtocol(asyncio.Protocol):
         """The tunnel's idle check: bytes moved either way since the last one keep it; none end it."""
         exchange = self._active
         pipe = self._pipe
-        if exchange is None or pipe is None or self._tunnel is None:
+        tunnel = self._tunnel
+        if exchange is None or pipe is None or tunnel is None:
             return
-        seen = exchange.request_bytes + pipe.nbytes
-        if seen != self._tunnel_seen:
-            self._tunnel_seen = seen
+        if not tunnel.idle(pipe.nbytes):
             self.deadlines.arm(_TUNNEL)
             return
         exchange.end_reason = TIMEOUT
