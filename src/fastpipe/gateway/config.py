@@ -549,7 +549,7 @@ class _Loader:
                 self.problem((*path, "usage"), f"must be one of {', '.join(USAGE_FORMATS)}, got {usage!r}")
         drain_bytes = self.integer((*path, "usage_drain_bytes"), section.get("usage_drain_bytes", 1 << 20), 0)
         drain_seconds = self.number(
-            (*path, "usage_drain_seconds"), section.get("usage_drain_seconds", 30.0), positive=False
+            (*path, "usage_drain_seconds"), section.get("usage_drain_seconds", 30.0), positive=True
         )
         if "usage" not in section:
             for key in ("usage_drain_bytes", "usage_drain_seconds"):

@@ -98,10 +98,11 @@ class Proxy:
         """
         own = {name: options.pop(name) for name in _OWN_OPTIONS if name in options}
         config = own.get("config")
-        if config is not None and options:
+        if config is None:
+            return cls(upstream, limits=Limits.from_options(options), **own)
+        if options:
             own["config"] = _with_limits(_loaded(config), options)
-            return cls(upstream, **own)
-        return cls(upstream, limits=Limits.from_options(options), **own)
+        return cls(upstream, **own)  # the file's [limits] are the connections' limits
 
     def __call__(self) -> ProxyProtocol:
         return ProxyProtocol(self)

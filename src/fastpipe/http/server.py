@@ -238,6 +238,15 @@ class ProxyProtocol(asyncio.Protocol):
             task = exchange.hook_task
             if task is not None:
                 task.cancel()
+            route = exchange.route
+            if route is not None and route.drain is not None and exchange.upstream is not None:
+                # A usage route whose response head has not come yet: wait for it and read it on, so the
+                # usage is still seen, within the route's drain bounds (a timer from now on).
+                drain = route.drain
+                self._draining = True
+                self._drain_left = drain.max_bytes
+                self._drain_timer = self._loop.call_later(drain.timeout, self._drain_timed_out)
+                return
             exchange.abandon_upstream()
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
 
@@ -252,7 +261,9 @@ class ProxyProtocol(asyncio.Protocol):
             return True if tunnel.client_half_closed(self._transport.can_write_eof()) else None
         if self._lingering or not self.busy or self._parsing is not None:
             return None
-        if self._limits.abort_on_client_eof:
+        active = self._active
+        limits = self._limits if active is None or active.route is None else active.route.limits
+        if limits.abort_on_client_eof:
             self._reset()
             return None
         return True
@@ -654,7 +665,10 @@ class ProxyProtocol(asyncio.Protocol):
 
     def upstream_lost(self, exchange: Exchange, connection: UpstreamConnection) -> None:
         """The upstream closed before any response head."""
-        if exchange is not self._active or self._lost:
+        if exchange is not self._active or (self._lost and not self._draining):
+            return
+        if self._lost:  # draining for the usage of a client that left: nothing to retry for
+            self._fail_exchange(exchange, 502, UPSTREAM_ERROR, "the upstream closed the connection without responding")
             return
         bodyless = exchange.content_length <= 0 and not exchange.chunked and exchange.request_done
         retryable = bodyless and exchange.method in IDEMPOTENT and not exchange.retried
@@ -709,7 +723,9 @@ class ProxyProtocol(asyncio.Protocol):
             self._proxy.observe_response(exchange, pipe, parts, self._peer)
         self._pending_head = b"".join(parts)
         self._pipe = pipe
-        if self._write_paused:
+        if self._draining:
+            pipe.start_draining()  # the client left before this head: read on for the usage
+        elif self._write_paused:
             pipe.pause_producing()
         pipe.connect(self)
         if exchange is self._upgrading:
@@ -765,7 +781,8 @@ class ProxyProtocol(asyncio.Protocol):
         head = self._pending_head
         if head is not None and exchange is self._active:
             self._pending_head = None
-            self._transport.write(head)
+            if not self._draining:
+                self._transport.write(head)
 
     # -- the Pipe's sink -------------------------------------------------------------------------------
 
@@ -786,11 +803,6 @@ class ProxyProtocol(asyncio.Protocol):
             return
         self._pipe = None
         if self._draining:
-            self._draining = False
-            timer = self._drain_timer
-            if timer is not None:
-                self._drain_timer = None
-                timer.cancel()
             self._finish(exchange, DRAINED)
             return
         state = pipe.state
@@ -830,7 +842,18 @@ class ProxyProtocol(asyncio.Protocol):
         self._pending_head = None
         pipe.start_draining()
         pipe.resume_producing()  # the client's flow control no longer applies
-        self._drain_timer = self._loop.call_later(timeout, pipe.cancel, EndReason.DRAIN_CUT_TIMEOUT)
+        self._drain_timer = self._loop.call_later(timeout, self._drain_timed_out)
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.cancel(EndReason.DRAIN_CUT_TIMEOUT)  # end() finishes the exchange
+            return
+        exchange = self._active
+        if exchange is not None:  # still no response head
+            exchange.abandon_upstream()
+            self._finish(exchange, DRAINED)
 
     def _drained(self, chunk: Any) -> None:
         left = self._drain_left - (chunk.nbytes if isinstance(chunk, memoryview) else len(chunk))
@@ -844,6 +867,12 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _finish(self, exchange: Exchange, reason: str) -> None:
         self._active = None
+        if self._draining:
+            self._draining = False
+            timer = self._drain_timer
+            if timer is not None:
+                self._drain_timer = None
+                timer.cancel()
         if self._tunnel is not None:
             self._tunnel = None
             self._proxy.tunnel_changed(False)
