@@ -6,7 +6,20 @@ any proxy stands on), fastpipe's proxy (zero-copy, and with ``--copy`` also the 
 closed-loop keep-alive load client. For each target it reports requests per second and the proxy
 process's CPU time per request (user + system, from psutil), and the ratio to the relay.
 
+The gateway variants run the same proxy with one thing added each, and are also reported against the
+plain ``fastpipe`` target (the cost of that one thing):
+
+* ``fastpipe-config``: a configuration file of one route with no hooks (``[upstreams.o]``, ``[[routes]]``),
+  the ``--config FILE`` path, where ``fastpipe`` is the ``--upstream URL`` one;
+* ``fastpipe-metrics``: a metrics registry counting every exchange and served at ``/metrics`` (what
+  ``--metrics HOST:PORT`` does); after the runs it is scraped once to show that it counted;
+* ``fastpipe-hook``: a sync ``on_request`` hook that returns None (the proxy builds a ``Request`` per
+  exchange for it).
+
+Every fastpipe target is the same ``start_proxy`` call on uvloop with only those arguments changed.
+
     python benchmarks/proxy_quick.py                 # 1 KiB responses, best of 3 x 2 s per target
+    python benchmarks/proxy_quick.py --only fastpipe-config --repeat 5
     python benchmarks/proxy_quick.py --size 1048576 --copy --json out.json
 """
 
@@ -16,10 +29,15 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -94,13 +112,36 @@ uvloop.run(main())
 """
 
 FASTPIPE = """
-import asyncio, sys, uvloop
+import asyncio, json, sys, uvloop
 from fastpipe.http import start_proxy
+OPTIONS = json.loads(sys.argv[3])
+def on_request(request):
+    return None
 async def main():
-    await start_proxy("http://127.0.0.1:" + sys.argv[1], port=int(sys.argv[2]), zero_copy=sys.argv[3] == "1")
+    options = dict(OPTIONS)
+    upstream = None if "config" in options else "http://127.0.0.1:" + sys.argv[1]
+    if options.pop("hook", False):
+        options["on_request"] = on_request
+    metrics_port = options.pop("metrics_port", None)
+    if metrics_port is not None:  # what `fastpipe proxy --metrics HOST:PORT` does
+        from fastpipe.gateway.metrics import GatewayMetrics, serve_metrics
+        options["metrics"] = GatewayMetrics()
+        serve_metrics("127.0.0.1", metrics_port, options["metrics"].registry)
+    await start_proxy(upstream, port=int(sys.argv[2]), **options)
     await asyncio.sleep(3600)
 uvloop.run(main())
 """
+
+# One route to the origin and nothing else: what `--upstream URL` means, written as a configuration file.
+ROUTE_TOML = """\
+[upstreams.o]
+servers = ["http://127.0.0.1:{port}"]
+
+[[routes]]
+upstream = "o"
+"""
+
+VARIANTS = ("fastpipe-config", "fastpipe-metrics", "fastpipe-hook")
 
 CLIENT = """
 import asyncio, sys, time, uvloop, httptools
@@ -186,6 +227,34 @@ def measure_once(port: int, pid: int, args: argparse.Namespace) -> dict[str, flo
     return {"requests": requests, "rps": requests / elapsed, "cpu_us_per_request": cpu / requests * 1e6}
 
 
+def fastpipe_targets(args: argparse.Namespace, origin_port: int, workdir: Path) -> list[tuple[str, str, list[object]]]:
+    """The fastpipe targets: (name, code, extra argv), the extra argv being start_proxy's options as JSON."""
+    targets: list[tuple[str, str, list[object]]] = [("fastpipe", FASTPIPE, [json.dumps({"zero_copy": True})])]
+    if args.copy:
+        targets.append(("fastpipe copy", FASTPIPE, [json.dumps({"zero_copy": False})]))
+    for name in args.only:
+        if name == "fastpipe-config":
+            config = workdir / "route.toml"
+            config.write_text(ROUTE_TOML.format(port=origin_port))
+            options: dict[str, object] = {"config": str(config)}
+        elif name == "fastpipe-metrics":
+            options = {"zero_copy": True, "metrics_port": free_port()}
+        else:
+            options = {"zero_copy": True, "hook": True}
+        targets.append((name, FASTPIPE, [json.dumps(options)]))
+    return targets
+
+
+def scrape_requests(metrics_port: int) -> float:
+    """The sum of fastpipe_requests_total over its series, from one scrape."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("fastpipe_requests_total{")
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="response body bytes (default 1024)")
@@ -193,15 +262,25 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per target, interleaved; the best is kept")
     parser.add_argument("--connections", type=int, default=8, help="concurrent keep-alive client connections")
     parser.add_argument("--copy", action="store_true", help="also measure the on_body-copy forwarding mode")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"gateway variants to measure besides the relay and fastpipe (default all: {' '.join(VARIANTS)});"
+        " none given: none",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     pure = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0")
-    targets = [("bare relay", RELAY, []), ("fastpipe", FASTPIPE, [1])]
-    if args.copy:
-        targets.append(("fastpipe copy", FASTPIPE, [0]))
     origin_port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="fastpipe-quick-"))
+    targets = [("bare relay", RELAY, []), *fastpipe_targets(args, origin_port, workdir)]
     processes = [spawn(ORIGIN, args.size, origin_port)]
-    best: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {}
+    best: dict[str, dict[str, Any]] = {}
+    counted: float | None = None
     try:
         wait_listening(origin_port, processes[0])
         running = []
@@ -217,29 +296,63 @@ def main() -> int:
             f" Pipe: {'pure Python' if pure else 'compiled'}",
             flush=True,
         )
-        for _ in range(args.repeat):  # interleaved, so a noisy neighbour hurts every target alike
-            for name, port, pid in running:
+        for index in range(args.repeat):  # interleaved, so a noisy neighbour hurts every target alike
+            shift = index % len(running)  # and rotated, so no target always runs first
+            for name, port, pid in running[shift:] + running[:shift]:
                 row = measure_once(port, pid, args)
+                rounds.setdefault(name, []).append(row)
                 if name not in best or row["cpu_us_per_request"] < best[name]["cpu_us_per_request"]:
                     best[name] = row
+        if "fastpipe-metrics" in args.only:
+            options = json.loads(str(next(extra for name, _, extra in targets if name == "fastpipe-metrics")[0]))
+            counted = scrape_requests(int(options["metrics_port"]))
     finally:
         for process in processes:
             process.terminate()
             process.wait(10)
+        for leftover in workdir.iterdir():
+            leftover.unlink()
+        workdir.rmdir()
     floor = best["bare relay"]["cpu_us_per_request"]
+    plain = best["fastpipe"]["cpu_us_per_request"]
     for name, row in best.items():
         row["ratio_to_relay"] = row["cpu_us_per_request"] / floor
-        print(
-            f"  {name:<14} {row['rps']:>9.0f} req/s {row['cpu_us_per_request']:>8.1f} µs CPU/request"
+        line = (
+            f"  {name:<16} {row['rps']:>9.0f} req/s {row['cpu_us_per_request']:>8.1f} µs CPU/request"
             f"  {row['ratio_to_relay']:.2f}x the relay"
         )
+        if name not in ("bare relay", "fastpipe"):
+            # Each round ran every target within seconds: its ratio is the fairest pair on a noisy box.
+            paired = [
+                mine["cpu_us_per_request"] / base["cpu_us_per_request"]
+                for mine, base in zip(rounds[name], rounds["fastpipe"], strict=True)
+            ]
+            row["ratio_to_fastpipe"] = row["cpu_us_per_request"] / plain
+            row["ratio_to_fastpipe_per_round"] = paired
+            row["added_us_over_fastpipe"] = row["cpu_us_per_request"] - plain
+            line += (
+                f"  {row['ratio_to_fastpipe']:.3f}x fastpipe ({row['added_us_over_fastpipe']:+.1f} µs;"
+                f" per round {' '.join(f'{r:.2f}' for r in paired)}, median {statistics.median(paired):.3f})"
+            )
+        print(line)
     if args.copy:
         saved = best["fastpipe"]["cpu_us_per_request"] / best["fastpipe copy"]["cpu_us_per_request"]
         print(f"  zero-copy / copy: {saved:.2f} of the copying mode's CPU per request")
+    if counted is not None:
+        print(f"  fastpipe-metrics counted {counted:,.0f} exchanges in fastpipe_requests_total")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(
-                {"size": args.size, "connections": args.connections, "pure": pure, "results": best}, handle, indent=2
+                {
+                    "size": args.size,
+                    "connections": args.connections,
+                    "pure": pure,
+                    "results": best,
+                    "rounds": rounds,
+                    "metrics_counted": counted,
+                },
+                handle,
+                indent=2,
             )
     return 0
 
