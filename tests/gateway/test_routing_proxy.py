@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-from fastpipe.http import Limits
+from fastpipe.http import Limits, Request, Response
 
 from ._gateway_support import body_of, closed_port, gateway, group, origins
 
@@ -245,7 +245,6 @@ async def test_a_written_request_goes_to_another_server_only_if_idempotent(
 @pytest.mark.parametrize(("method", "status"), [("GET", 200), ("POST", 504)])
 async def test_an_upstream_timeout_before_the_head_is_retried_for_idempotent_requests(method: str, status: int) -> None:
     async with origins("fast") as (fast,):
-
         stalled_writers: list[asyncio.StreamWriter] = []
 
         async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -346,3 +345,28 @@ async def _until(condition: object, timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.01)
+
+
+async def test_a_tag_set_by_on_request_reaches_the_record() -> None:
+    async with origins("api") as (api,):
+        config = {"upstreams": {"api": group(api.url)}, "routes": [{"upstream": "api"}]}
+
+        def tag_by_team(request: Request) -> Response | None:
+            request.tag = request.headers.get("x-team")
+            return None if request.tag != "blocked" else Response(429, body=b"budget spent\n")
+
+        async with gateway(config, on_request=tag_by_team) as proxy:
+            assert (await proxy.get("/", headers={"X-Team": "ml"})).status_code == 200
+            assert (await proxy.get("/", headers={"X-Team": "blocked"})).status_code == 429
+            records = await proxy.wait_records(2)
+            assert [(record.tag, record.status) for record in records] == [("ml", 200), ("blocked", 429)]
+
+
+async def test_the_files_access_log_setting_is_served_by_start_proxy(caplog: pytest.LogCaptureFixture) -> None:
+    async with origins("api") as (api,):
+        config = {"server": {"access_log": True}, "upstreams": {"api": group(api.url)}, "routes": [{"upstream": "api"}]}
+        with caplog.at_level(logging.INFO, logger="fastpipe.access"):
+            async with gateway(config) as proxy:
+                await proxy.seen_by("/logged")
+                await proxy.wait_records(1)
+        assert any('"GET /logged" 200' in record.getMessage() for record in caplog.records)

@@ -131,6 +131,7 @@ class Exchange:
         "route",
         "started",
         "status",
+        "tag",
         "target",
         "tried",
         "upgrade",
@@ -184,6 +185,7 @@ class Exchange:
         self.end_reason: str | None = None
         self.detail: str | None = None  # why the proxy answered itself, for the record
         self.usage: Any = None  # fastpipe.usage.Usage, on a route with usage capture
+        self.tag: Any = None  # what an on_request hook set as request.tag
 
     def abandon_upstream(self) -> None:
         """Let go of the upstream connection mid-exchange: it can never serve another request."""

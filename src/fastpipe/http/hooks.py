@@ -145,9 +145,10 @@ class Headers:
 class Request:
     """A request as ``on_request`` sees it. ``headers`` are those the client sent that go upstream
     (Host among them; hop-by-hop and framing headers are not shown). Setting ``route`` (a route name)
-    or ``upstream`` (an upstream group name) sends the request there; an unknown name is a 500."""
+    or ``upstream`` (an upstream group name) sends the request there; an unknown name is a 500. ``tag``
+    (anything: a team, a key id) is carried into the exchange record, to bill usage to whoever asked."""
 
-    __slots__ = ("headers", "method", "peer", "route", "target", "upstream", "xff")
+    __slots__ = ("headers", "method", "peer", "route", "tag", "target", "upstream", "xff")
 
     def __init__(
         self,
@@ -166,6 +167,7 @@ class Request:
         self.route = route
         self.upstream = upstream
         self.xff = xff  # X-Forwarded-For as it came in; the proxy appends the peer to it
+        self.tag: object = None  # anything the hook sets here is the exchange record's ``tag``
 
     @property
     def path(self) -> str:

@@ -237,6 +237,7 @@ class Proxy:
             server=None if link is None else link.url,
             attempts=exchange.attempts,
             usage=exchange.usage,
+            tag=exchange.tag,
         )
         hook = self.on_exchange
         if hook is not None:
@@ -389,6 +390,7 @@ async def start_proxy(
     """
     if config is not None:
         options["config"] = _loaded(config)
+        options.setdefault("access_log", options["config"].server.access_log)
     served_metrics = None
     gateway = options.get("config")
     if gateway is not None and gateway.server.metrics is not None and options.get("metrics") is None:

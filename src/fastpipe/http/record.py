@@ -62,6 +62,7 @@ class ExchangeRecord:
     server: str | None = None  # the URL of the server that answered (or was tried last)
     attempts: int = 0  # servers tried: 1 normally, more after retries, 0 when none was
     usage: Usage | None = None  # token usage read from the response, on a route with ``usage``
+    tag: object = None  # what on_request set as ``request.tag`` (a team, an API key id, a budget)
 
 
 ExchangeHook = Callable[[ExchangeRecord], object]

@@ -538,6 +538,7 @@ class ProxyProtocol(asyncio.Protocol):
     def _after_request_hook(self, exchange: Exchange, result: object) -> None:
         request = exchange.request
         exchange.request = None
+        exchange.tag = request.tag  # a hook that answered itself may have tagged the request too
         if result is None:
             try:
                 self._head_after_hook(exchange, request)
@@ -847,10 +848,12 @@ class ProxyProtocol(asyncio.Protocol):
     def _drain_timed_out(self) -> None:
         self._drain_timer = None
         pipe = self._pipe
+        exchange = self._active
+        if exchange is not None:
+            exchange.detail = "drain cut at its time bound (usage_drain_seconds)"
         if pipe is not None:
             pipe.cancel(EndReason.DRAIN_CUT_TIMEOUT)  # end() finishes the exchange
             return
-        exchange = self._active
         if exchange is not None:  # still no response head
             exchange.abandon_upstream()
             self._finish(exchange, DRAINED)
@@ -860,6 +863,9 @@ class ProxyProtocol(asyncio.Protocol):
         self._drain_left = left
         if left < 0:
             pipe = self._pipe
+            exchange = self._active
+            if exchange is not None:
+                exchange.detail = "drain cut at its byte bound (usage_drain_bytes)"
             if pipe is not None:
                 pipe.cancel(EndReason.DRAIN_CUT_BYTES)  # the taps saw this chunk; reading stops here
 
