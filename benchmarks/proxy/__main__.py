@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             ws=any(w.origin == "ws" for w in workloads),
         )
         total = sum(
-            sum(1 for peer in runnable if workload.kind in peer.kinds)
+            sum(1 for peer in runnable if peer.takes(workload.name, workload.kind))
             for run in range(1, args.runs + 1)
             for workload in workloads
             if workload.name != "idle" or run <= args.idle_runs
@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 shift = (run - 1) % max(1, len(runnable))
                 for peer in runnable[shift:] + runnable[:shift]:  # rotate so no peer always goes first
-                    if workload.kind not in peer.kinds:
+                    if not peer.takes(workload.name, workload.kind):
                         continue
                     index += 1
-                    head = f"[{index}/{total}] run {run}/{args.runs} {workload.name:5} {peer.name:11}"
+                    head = f"[{index}/{total}] run {run}/{args.runs} {workload.name:5} {peer.name:14}"
                     print(head + " ...", file=sys.stderr, flush=True)
 
                     def announce(message: str, head: str = head) -> None:

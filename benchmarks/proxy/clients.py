@@ -3,7 +3,8 @@
 ``http``  keep-alive GETs on N connections for a duration: requests, bytes, latency percentiles (the fallback
           when wrk is absent; wrk is several times cheaper per request).
 ``sse``   repeated SSE streams on N connections: streams, events and per-event delay, the arrival time minus
-          the send time the origin wrote into the event (both CLOCK_MONOTONIC on this machine).
+          the send time the origin wrote into the event as its ``id`` (both CLOCK_MONOTONIC on this machine;
+          the closing ``data: [DONE]`` has none and is not counted).
 ``ws``    WebSocket echo on N connections for a duration, closed loop: each connection sends one message of
           ``--message-size`` bytes (text up to 64 KiB, else binary), waits for its echo, sends the next. Raw frames
           on uvloop, written for speed: the client masks with a zero key (allowed by RFC 6455), so the frame it
@@ -35,6 +36,8 @@ from urllib.parse import urlsplit
 
 import httptools
 import uvloop
+
+STAMPED = b'data: {"id":"'  # an SSE event of the benchmark origin, its send time next
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -104,10 +107,11 @@ class Exchange(asyncio.Protocol):
         data = self.pending + body
         *events, self.pending = data.split(b"\n\n")
         for event in events:
-            fields = event.split(b" ", 3)
-            if len(fields) >= 3 and fields[0] == b"data:":
+            # the origin's chunks begin 'data: {"id":"<monotonic ns>"'; data: [DONE] carries no time
+            if event.startswith(STAMPED):
+                end = event.find(b'"', len(STAMPED))
                 self.tally.events += 1
-                self.tally.event_delay_us.append((self.arrival_ns - int(fields[2])) / 1000)
+                self.tally.event_delay_us.append((self.arrival_ns - int(event[len(STAMPED) : end])) / 1000)
 
     def on_message_complete(self) -> None:
         now = time.monotonic()

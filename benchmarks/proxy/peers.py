@@ -8,7 +8,10 @@ Each peer lists the kinds of cell it takes part in (``Peer.kinds``): every peer 
 fastpipe and nginx also the TLS-upstream cells ("tls") and the WebSocket cells ("ws"); the bare relay the
 WebSocket cells (it carries WebSocket bytes as they are) but not the TLS ones (relaying TLS bytes would be
 TLS passthrough, not a proxy that terminates TLS towards the origin: a different thing); the Python proxies
-only the plaintext HTTP cells.
+only the plaintext HTTP cells. A peer may also name the only workloads it takes part in (``Peer.cells``):
+``fastpipe-usage``, fastpipe serving a configuration file of one route with ``usage = "openai"``, runs the
+SSE cell only (the origin's streams are OpenAI-shaped chunks; its other bodies are not what such a route is
+for), so that its CPU per stream next to plain ``fastpipe``'s is the cost of usage capture.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class Peer:
     launch: Launch | None
     check: Callable[[], str | None]
     kinds: frozenset[str] = HTTP_ONLY  # the kinds of cell it takes part in: "http", "tls", "ws"
+    cells: frozenset[str] | None = None  # the only workloads it takes part in (None: every one of its kinds)
+
+    def takes(self, workload: str, kind: str) -> bool:
+        """Whether it takes part in the workload of that name and kind."""
+        return kind in self.kinds and (self.cells is None or workload in self.cells)
 
     def unavailable(self) -> str | None:
         """Why this peer cannot run here, or None."""
@@ -78,6 +86,29 @@ def fastpipe_cli(name: str, twin: bool) -> Launch:
             argv += ["--upstream-ca", str(upstream.tls.ca), "--upstream-sni", upstream.tls.name]
         env = {"FASTPIPE_NO_EXTENSIONS": "1"} if twin else None
         return spawn(name, [*argv, "--listen", f"{HOST}:{port}"], log_dir=workdir / "logs", cpus=cpus, env=env)
+
+    return launch
+
+
+# One route to the origin, as a gateway configuration file; {usage} is empty or a `usage = "..."` line.
+ROUTE_TOML = """\
+[upstreams.origin]
+servers = ["{url}"]
+
+[[routes]]
+upstream = "origin"
+{usage}"""
+
+
+def fastpipe_route(name: str, usage: str | None) -> Launch:
+    """fastpipe's proxy with ``--config``: one route to the cell's origin, with ``usage`` capture if given."""
+
+    def launch(upstream: Upstream, cell_kind: str, port: int, workdir: Path, cpus: frozenset[int] | None) -> Managed:
+        assert upstream.tls is None, "the route peers take plaintext cells only"
+        config = workdir / f"{name}-{port}.toml"
+        config.write_text(ROUTE_TOML.format(url=upstream.url, usage=f'usage = "{usage}"\n' if usage else ""))
+        argv = [sys.executable, "-m", "fastpipe", "proxy", "--config", str(config), "--listen", f"{HOST}:{port}"]
+        return spawn(name, argv, log_dir=workdir / "logs", cpus=cpus)
 
     return launch
 
@@ -154,6 +185,15 @@ PEERS: dict[str, Peer] = {
             fastpipe_cli("fastpipe-py", True),
             fastpipe_cli_missing,
             EVERY_KIND,
+        ),
+        Peer(
+            "fastpipe-usage",
+            'fastpipe gateway route, usage = "openai"',
+            "fastpipe",
+            fastpipe_route("fastpipe-usage", "openai"),
+            compiled_pipe_missing,
+            HTTP_ONLY,
+            frozenset({"sse"}),
         ),
         Peer("aiohttp", "aiohttp proxy on uvloop", "python", python_script("aiohttp_proxy.py", "aiohttp"), always),
         Peer(

@@ -281,6 +281,20 @@ def tls_and_websocket(figures: dict[str, PeerFigures]) -> list[str]:
     return lines
 
 
+def usage_capture(figures: dict[str, PeerFigures]) -> str:
+    """What a route with usage capture adds per SSE stream over plain fastpipe, this run; empty if not both ran."""
+    plain, usage = _of(figures.get("fastpipe"), "sse_cost"), _of(figures.get("fastpipe-usage"), "sse_cost")
+    if plain is None or usage is None:
+        return ""
+    added = usage.median - plain.median
+    nginx = ratio(usage, _of(figures.get("nginx"), "sse_cost"))
+    return (
+        f'Usage capture (`fastpipe-usage`: one route with `usage = "openai"`): {usage.median:,.0f} µs per SSE '
+        f"stream against {plain.median:,.0f} for plain fastpipe, {_x(ratio(usage, plain))} ({added:+,.0f} µs per "
+        f"stream); {_x(nginx)} nginx's."
+    )
+
+
 def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
     lines: list[str] = []
     add = lines.append
@@ -363,6 +377,10 @@ def markdown(figures: dict[str, PeerFigures], meta: dict[str, Any]) -> str:
             "Best Python proxy: "
             f"per request {best_small[0] if best_small else '—'}, per SSE stream {best_sse[0] if best_sse else '—'}."
         )
+    usage = usage_capture(figures)
+    if usage:
+        add("")
+        add(usage)
     if not any(getattr(fig, attr) is not None for fig in figures.values() for attr in PLAIN_FIGURES):
         del lines[plain_start:]
     extra = tls_and_websocket(figures)

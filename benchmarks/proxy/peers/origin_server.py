@@ -5,10 +5,18 @@ when nginx is absent; nginx serves the same paths from files otherwise).
 
 ``GET /sse?n=100&interval_ms=1&size=100``: a chunked ``text/event-stream`` of ``n`` events of ``size`` bytes,
 one chunk per event, ``interval_ms`` apart. All open streams advance on one shared ticker, so each event leaves
-in its own write (a proxy sees it as its own read) whatever the number of streams. Each event carries
+in its own write (a proxy sees it as its own read) whatever the number of streams. ``hold=1`` sends the head and
+one event and then holds the stream open until the client goes away (the idle-connections test).
+
+The events are those of an OpenAI chat completion streamed with ``stream_options={"include_usage": true}``,
+so that a gateway route with ``usage = "openai"`` has real work to do: content chunks
+``data: {"id":"<stamp>","model":"bench","choices":[{"delta":{"content":"tok..."}}],"usage":null}``, then one
+chunk with ``"choices":[]`` and the token ``usage``, then ``data: [DONE]`` (a stream of ``n`` events has
+``n - 2`` content chunks; fewer than 3 events are content chunks only, as is a held stream). A content chunk's
+content is padded with dots to make the event ``size`` bytes; the JSON needs about 100 (more on a machine
+whose monotonic clock has more digits), so a smaller ``size`` gives that. Every chunk's ``id`` is
 ``time.monotonic_ns()`` taken just before its write: a client on this machine subtracts it from its arrival time
-to get the per-event latency. ``hold=1`` sends the head and one event and then holds the stream open until the
-client goes away (the idle-connections test).
+to get the per-event latency.
 
 Keep-alive HTTP/1.1, parsed with httptools, on uvloop; over TLS with ``--certfile``/``--keyfile`` (the TLS
 origin of the TLS cells when nginx is absent).
@@ -44,22 +52,40 @@ def sized_body(path: bytes) -> bytes | None:
     return body
 
 
+CONTENT_EVENT = b'data: {"id":"%d","model":"bench","choices":[{"delta":{"content":"tok%s"}}],"usage":null}\n\n'
+USAGE_EVENT = (
+    b'data: {"id":"%d","model":"bench","choices":[],'
+    b'"usage":{"prompt_tokens":12,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+)
+DONE_EVENT = b"data: [DONE]\n\n"
+PROMPT_TOKENS = 12
+
+
 class Stream:
     """One SSE response in progress."""
 
-    __slots__ = ("hold", "next_seq", "protocol", "remaining", "size")
+    __slots__ = ("events", "hold", "next_seq", "protocol", "remaining", "size")
 
     def __init__(self, protocol: OriginProtocol, events: int, size: int, hold: bool) -> None:
         self.protocol = protocol
+        self.events = 0 if hold else events  # 0: content chunks only, no end
         self.remaining = events
         self.size = size
         self.hold = hold
         self.next_seq = 0
 
     def event(self) -> bytes:
-        stamp = b"data: %d %d " % (self.next_seq, time.monotonic_ns())
-        payload = stamp + b"." * max(0, self.size - len(stamp) - 2) + b"\n\n"
+        seq, total = self.next_seq, self.events
         self.next_seq += 1
+        if total >= 2 and seq == total - 1:
+            payload = DONE_EVENT
+        elif total >= 3 and seq == total - 2:
+            content = total - 2
+            payload = USAGE_EVENT % (time.monotonic_ns(), content, PROMPT_TOKENS + content)
+        else:
+            stamp = time.monotonic_ns()
+            padding = b"." * max(0, self.size - len(CONTENT_EVENT % (stamp, b"")))
+            payload = CONTENT_EVENT % (stamp, padding)
         return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
