@@ -11,6 +11,8 @@ plain ``fastpipe`` target (the cost of that one thing):
 
 * ``fastpipe-config``: a configuration file of one route with no hooks (``[upstreams.o]``, ``[[routes]]``),
   the ``--config FILE`` path, where ``fastpipe`` is the ``--upstream URL`` one;
+* ``fastpipe-record``: an ``on_exchange`` hook that does nothing, so each exchange builds its record (what
+  metrics and the access log also need): the part of ``fastpipe-metrics`` that is not the metrics;
 * ``fastpipe-metrics``: a metrics registry counting every exchange and served at ``/metrics`` (what
   ``--metrics HOST:PORT`` does); after the runs it is scraped once to show that it counted;
 * ``fastpipe-hook``: a sync ``on_request`` hook that returns None (the proxy builds a ``Request`` per
@@ -117,11 +119,15 @@ from fastpipe.http import start_proxy
 OPTIONS = json.loads(sys.argv[3])
 def on_request(request):
     return None
+def on_exchange(record):
+    pass
 async def main():
     options = dict(OPTIONS)
     upstream = None if "config" in options else "http://127.0.0.1:" + sys.argv[1]
     if options.pop("hook", False):
         options["on_request"] = on_request
+    if options.pop("record", False):
+        options["on_exchange"] = on_exchange
     metrics_port = options.pop("metrics_port", None)
     if metrics_port is not None:  # what `fastpipe proxy --metrics HOST:PORT` does
         from fastpipe.gateway.metrics import GatewayMetrics, serve_metrics
@@ -141,7 +147,7 @@ servers = ["http://127.0.0.1:{port}"]
 upstream = "o"
 """
 
-VARIANTS = ("fastpipe-config", "fastpipe-metrics", "fastpipe-hook")
+VARIANTS = ("fastpipe-config", "fastpipe-record", "fastpipe-metrics", "fastpipe-hook")
 
 CLIENT = """
 import asyncio, sys, time, uvloop, httptools
@@ -183,10 +189,17 @@ uvloop.run(main())
 """
 
 
+TAKEN: set[int] = set()  # every port handed out: the kernel may offer a released one again
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in TAKEN:
+            TAKEN.add(port)
+            return port
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -237,6 +250,8 @@ def fastpipe_targets(args: argparse.Namespace, origin_port: int, workdir: Path) 
             config = workdir / "route.toml"
             config.write_text(ROUTE_TOML.format(port=origin_port))
             options: dict[str, object] = {"config": str(config)}
+        elif name == "fastpipe-record":
+            options = {"zero_copy": True, "record": True}
         elif name == "fastpipe-metrics":
             options = {"zero_copy": True, "metrics_port": free_port()}
         else:
