@@ -20,7 +20,8 @@ cdef class Pipe:
     cdef object _iterator           # source.__aiter__(), from the first pull on
     cdef object _owner              # what must outlive the body: the upstream response or exchange
     cdef object _on_release         # called once with the pipe, after the owner is dropped
-    cdef list _taps                 # synchronous observers per chunk, or None (the common case)
+    cdef list _taps                 # synchronous observers per chunk, or None (the common case); replaced,
+                                    # never changed in place (_observe iterates the list a chunk arrived with)
     cdef list _done_callbacks       # called once with the pipe after on_release, or None
     cdef bint _released
 
@@ -55,6 +56,8 @@ cdef class Pipe:
 
     cdef int _release(self) except -1
     cdef int _observe(self, object chunk) except -1
+    cdef bint _still_attached(self, object observer, list dropped) except -1
+    cdef list _detach(self, object observer, object exc, list dropped)
     cdef int _raise_finished(self) except -1
     cdef int _finish_pushed(self, object end) except -1
     cdef int _cancel_pushed(self) except -1

@@ -168,13 +168,22 @@ cdef class Pipe:
         return f"<Pipe state={self.state} chunks={self.chunks} nbytes={self.nbytes}>"
 
     def tap(self, observer):
-        """Call ``observer(chunk)`` with each chunk before it is passed on; returns the pipe."""
+        """Call ``observer(chunk)`` with each chunk before it is passed on; returns the pipe.
+
+        Observers run in the order they were added, each with the very chunk object the consumer gets. An
+        observer that raises (an ``Exception``) is reported once, with its traceback, to the event loop's
+        exception handler and detached: it sees no later chunk, and neither does any other entry of that
+        same object (tapped twice, it goes as one). The other observers and the stream go on unchanged.
+        A chunk is shown to the observers attached when it arrived: one added from inside an observer
+        starts with the next chunk.
+        """
         if not callable(observer):
             raise TypeError(f"tap() needs a callable, got {type(observer).__name__}")
+        # Replaced, never changed in place: _observe iterates the list a chunk arrived with.
         if self._taps is None:
             self._taps = [observer]
         else:
-            self._taps.append(observer)
+            self._taps = self._taps + [observer]
         return self
 
     # -- the single exit ---------------------------------------------------------------------------------
@@ -211,12 +220,46 @@ cdef class Pipe:
         return 0
 
     cdef int _observe(self, object chunk) except -1:
-        for observer in self._taps:
+        # Callers check that _taps is not None. ``taps`` is never changed in place (tap and _detach replace
+        # it), so this loop sees the observers the chunk arrived with, whatever happens meanwhile. While
+        # _taps is still that list, nothing was added or detached: one pointer comparison per observer.
+        cdef list taps = self._taps
+        cdef list dropped = None
+        for observer in taps:
+            if self._taps is not taps and not self._still_attached(observer, dropped):
+                continue
             try:
                 observer(chunk)
             except Exception as exc:
-                report_callback_error("fastpipe: tap observer failed", exc, self)
+                dropped = self._detach(observer, exc, dropped)
         return 0
+
+    cdef bint _still_attached(self, object observer, list dropped) except -1:
+        # Whether ``observer``, of this chunk's list, is still to be called (the list was replaced meanwhile).
+        if dropped is not None:
+            for gone in dropped:
+                if gone is observer:
+                    return False  # raised for this chunk (tapped twice: at an earlier place)
+        current = self._taps
+        if current is None:
+            # Every observer detached, or the pipe finished (an observer cancelled it): this chunk is
+            # still passed on, so the observers it arrived with see it unless they were detached.
+            return self._released
+        for attached in current:
+            if attached is observer:
+                return True
+        return False
+
+    cdef list _detach(self, object observer, object exc, list dropped):
+        # Detach every entry of ``observer``, then report why; returns the observers dropped for this chunk.
+        current = self._taps
+        if current is not None:
+            remaining = [attached for attached in current if attached is not observer]
+            self._taps = remaining if remaining else None
+        report_callback_error("fastpipe: tap observer failed and was detached", exc, self)
+        if dropped is None:
+            return [observer]
+        return dropped + [observer]
 
     cdef int _raise_finished(self) except -1:
         if self._state == STATE_ERRORED:

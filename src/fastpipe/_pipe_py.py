@@ -237,14 +237,17 @@ class Pipe:
     def tap(self, observer: Callable[[Any], object]) -> Pipe:
         """Call ``observer(chunk)`` with each chunk before it is passed on; returns the pipe.
 
-        An observer that raises is reported to the event loop's exception handler and the stream goes on.
+        Observers run in the order they were added, each with the very chunk object the consumer gets. An
+        observer that raises (an ``Exception``) is reported once, with its traceback, to the event loop's
+        exception handler and detached: it sees no later chunk, and neither does any other entry of that
+        same object (tapped twice, it goes as one). The other observers and the stream go on unchanged.
+        A chunk is shown to the observers attached when it arrived: one added from inside an observer
+        starts with the next chunk.
         """
         if not callable(observer):
             raise TypeError(f"tap() needs a callable, got {type(observer).__name__}")
-        if self._taps is None:
-            self._taps = [observer]
-        else:
-            self._taps.append(observer)
+        # Replaced, never changed in place: _count iterates the list a chunk arrived with.
+        self._taps = [observer] if self._taps is None else [*self._taps, observer]
         return self
 
     # -- the single exit ---------------------------------------------------------------------------------
@@ -287,12 +290,37 @@ class Pipe:
         self._nbytes += size
         taps = self._taps
         if taps is not None:
+            # ``taps`` is never changed in place (tap and _detach replace it), so this loop sees the
+            # observers the chunk arrived with, whatever happens meanwhile. While ``self._taps`` is still
+            # that list, nothing was added or detached: one pointer comparison per observer.
+            dropped = None
             for observer in taps:
+                if self._taps is not taps and not self._still_attached(observer, dropped):
+                    continue
                 try:
                     observer(chunk)
                 except Exception as exc:
-                    report_callback_error("fastpipe: tap observer failed", exc, self)
+                    dropped = self._detach(observer, exc, dropped)
         return chunk
+
+    def _still_attached(self, observer: Any, dropped: list[Any] | None) -> bool:
+        """Whether ``observer``, of this chunk's list, is still to be called (the list was replaced meanwhile)."""
+        if dropped is not None and any(gone is observer for gone in dropped):
+            return False  # raised for this chunk (tapped twice: at an earlier place)
+        current = self._taps
+        if current is None:
+            # Every observer detached, or the pipe finished (an observer cancelled it): this chunk is
+            # still passed on, so the observers it arrived with see it unless they were detached.
+            return self._released
+        return any(attached is observer for attached in current)
+
+    def _detach(self, observer: Any, exc: Exception, dropped: list[Any] | None) -> list[Any]:
+        """Detach every entry of ``observer``, then report why; returns the observers dropped for this chunk."""
+        current = self._taps
+        if current is not None:
+            self._taps = [attached for attached in current if attached is not observer] or None
+        report_callback_error("fastpipe: tap observer failed and was detached", exc, self)
+        return [observer] if dropped is None else [*dropped, observer]
 
     def _raise_finished(self) -> None:
         if self._state is ERRORED:
