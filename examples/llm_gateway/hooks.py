@@ -5,11 +5,12 @@
     python examples/llm_gateway/hooks.py [--config gateway.toml]
 
 gateway.toml routes /openai/ and /anthropic/ to the providers with their keys and captures the usage of
-every response. Here each team calls the gateway with its own key (the SDK's ``api_key``; the route puts
-the provider's in its place) and its name in the query (``?team=NAME``, the SDKs' ``default_query``): the
-exchange record has the request target but not its headers, so the name ties a record to its team.
-``on_request`` checks the key and answers 429 once the team spent its tokens for the day; ``on_exchange``
-counts the tokens each response reported (``record.usage``), also of a client that left early.
+every response. Here each team calls the gateway with its own key, as the SDKs send it (``api_key``:
+``Authorization: Bearer KEY`` for OpenAI's, ``x-api-key: KEY`` for Anthropic's). ``on_request`` finds the
+team by its key, drops the key (the route puts the provider's in its place) and tags the request with the
+team's name; it answers 401 to an unknown key and 429 once the team spent its tokens for the day.
+``on_exchange`` bills the tokens each response reported (``record.usage``) to the team the record is
+tagged with (``record.tag``), also for a client that left early.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import fastpipe
 from fastpipe.gateway import ConfigError, GatewayConfig, load_config
@@ -50,10 +50,6 @@ def teams_from(text: str) -> dict[str, Team]:
         name, key, tokens = item.split(":")
         teams[name] = Team(key, int(tokens))
     return teams
-
-
-def team_of(target: str) -> str | None:
-    return dict(parse_qsl(urlsplit(target).query)).get("team")
 
 
 def refusal(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> fastpipe.Response:
@@ -83,26 +79,30 @@ class Budget:
             self.period_ends = now + self.period
             for each in self.teams.values():
                 each.spent = 0
-        name = team_of(request.target)
-        team = self.teams.get(name or "")
-        # The team's key goes no further: the route sets the provider's (OpenAI's SDK sends Authorization,
-        # Anthropic's x-api-key).
+        # The team's key goes no further: the route sets the provider's.
         bearer = request.headers.pop("authorization") or ""
         key = request.headers.pop("x-api-key") or bearer.removeprefix("Bearer ")
-        if team is None or not hmac.compare_digest(key.encode(), team.key.encode()):
-            return refusal(401, "authentication_error", "name your team (?team=NAME) and send its key")
+        name = self.team_with(key)
+        if name is None:
+            return refusal(401, "authentication_error", "unknown API key: send your team's key")
+        request.tag = name  # the exchange record's tag: on_exchange bills the usage to it
+        team = self.teams[name]
         if team.spent >= team.tokens:
             wait = str(math.ceil(self.period_ends - now))
             message = f"team {name} has spent its {team.tokens} tokens; it gets more in {wait} s"
             return refusal(429, "rate_limit_error", message, {"Retry-After": wait})
-        # The providers need not see the team's name: the target sent upstream goes without it.
-        rest = [(field, value) for field, value in parse_qsl(urlsplit(request.target).query) if field != "team"]
-        request.target = request.path + (f"?{urlencode(rest)}" if rest else "")
+        return None
+
+    def team_with(self, key: str) -> str | None:
+        """The name of the team whose key this is (compared in constant time), or None."""
+        for name, team in self.teams.items():
+            if team.key and hmac.compare_digest(key.encode(), team.key.encode()):
+                return name
         return None
 
     def on_exchange(self, record: fastpipe.ExchangeRecord) -> None:
-        usage = record.usage  # None on a request the budget refused, or on a route without usage capture
-        team = self.teams.get(team_of(record.target) or "")
+        usage = record.usage  # None on a refused request, or on a route without usage capture
+        team = self.teams.get(record.tag) if isinstance(record.tag, str) else None
         if usage is not None and team is not None:
             team.spent += (usage.input_tokens or 0) + (usage.output_tokens or 0)
 

@@ -1,5 +1,6 @@
 """examples/llm_gateway/ runs: its gateway.toml, with the two providers swapped for fake ones on 127.0.0.1, and
-its budget hooks, driven by the real ``openai`` SDK (httpx for the Anthropic API).
+its budget hooks, driven by the real ``openai`` SDK (httpx for the Anthropic API). A team is known by the key
+its client sends; the hooks tag each request with the team's name and bill the record's usage to that tag.
 
 The example file itself stays as a user would run it (https://api.openai.com, https://api.anthropic.com):
 the tests load it and replace only the server URLs, in the loaded config or in a copy of its text.
@@ -47,6 +48,11 @@ def load_hooks() -> ModuleType:
 hooks = load_hooks()
 
 
+def no_team_key_in(written: Any, *keys: str) -> bool:
+    """Nothing the provider got carries a team's key: not a header, not the target."""
+    return not any(key in text for key in keys for text in (written.path, *written.headers.values()))
+
+
 def example_config(openai_origin: LLMOrigin, anthropic_origin: LLMOrigin) -> GatewayConfig:
     """The example's gateway.toml with the keys of KEYS and the two providers on 127.0.0.1."""
     config = load_config(EXAMPLE / "gateway.toml", environ=KEYS)
@@ -64,10 +70,8 @@ class Running:
         self.metrics = metrics
         self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
-    def openai(self, team: str, key: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.url + "/openai/v1", api_key=key, default_query={"team": team}, max_retries=0, timeout=10.0
-        )
+    def openai(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/openai/v1", api_key=key, max_retries=0, timeout=10.0)
 
     async def wait_records(self, count: int, timeout: float = 5.0) -> list[ExchangeRecord]:
         loop = asyncio.get_running_loop()
@@ -149,9 +153,10 @@ def test_the_example_config_refuses_to_load_without_the_keys() -> None:
 # -- the gateway and its budget
 
 
-async def test_openai_requests_get_the_gateway_key_are_counted_and_get_429_once_the_budget_is_spent() -> None:
-    async with example_gateway(research=("research-key", 30)) as (gateway, origin, other):
-        client = gateway.openai("research", "research-key")
+async def test_openai_requests_get_the_gateway_key_are_billed_to_the_team_and_get_429_once_it_is_spent() -> None:
+    async with example_gateway(research=("research-key", 30), web=("web-key", 1000)) as (gateway, origin, other):
+        client = gateway.openai("research-key")
+        web = gateway.openai("web-key")
         try:
             completion = await chat(client, max_tokens=4)  # 4 + 4 tokens
             stream = await client.chat.completions.create(
@@ -165,18 +170,29 @@ async def test_openai_requests_get_the_gateway_key_are_counted_and_get_429_once_
             await gateway.wait_records(2)
             with pytest.raises(openai.RateLimitError) as refused:
                 await chat(client, max_tokens=4)
+            await chat(web, max_tokens=5)  # another team, another budget
         finally:
             await client.close()
-        await gateway.wait_records(3)
+            await web.close()
+        await gateway.wait_records(4)
     assert completion.usage is not None and completion.usage.total_tokens == PROMPT + 4
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
     assert gateway.budget.teams["research"].spent == 2 * PROMPT + 4 + 20
-    # The provider saw the gateway's key, none of the team's, and neither the prefix nor the team's name.
-    first, second = origin.written
-    for written in (first, second):
+    assert gateway.budget.teams["web"].spent == PROMPT + 5
+    # Each record is tagged with the team its key belongs to, the refused one too.
+    assert [(record.tag, record.status) for record in gateway.records] == [
+        ("research", 200),
+        ("research", 200),
+        ("research", 429),
+        ("web", 200),
+    ]
+    # The provider saw the gateway's key, none of the teams', and neither the prefix nor a query.
+    assert len(origin.written) == 3
+    for written in origin.written:
         assert written.path == "/v1/chat/completions"
         assert written.headers["Authorization"] == "Bearer " + KEYS["OPENAI_API_KEY"]
-        assert not any("research-key" in value for value in written.headers.values())
+        assert "x-api-key" not in {name.lower() for name in written.headers}
+        assert no_team_key_in(written, "research-key", "web-key")
         assert written.headers["Host"] == f"127.0.0.1:{origin.port}"  # rewrite_host: the provider's name
     assert other.written == []
     # The refusal: 429 with Retry-After and a message the SDK shows; it never reached the provider.
@@ -184,39 +200,60 @@ async def test_openai_requests_get_the_gateway_key_are_counted_and_get_429_once_
     assert response.status_code == 429
     assert 0 < int(response.headers["Retry-After"]) <= 24 * 3600
     assert "research" in refused.value.message and "30 tokens" in refused.value.message
-    assert [record.status for record in gateway.records] == [200, 200, 429]
     assert gateway.records[2].route == "openai" and gateway.records[2].usage is None
 
 
 async def test_anthropic_requests_get_the_gateway_key_and_share_the_team_budget() -> None:
-    async with example_gateway(web=("web-key", 10)) as (gateway, openai_origin, origin):
+    async with example_gateway(web=("web-key", 30)) as (gateway, openai_origin, origin):
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as client:
             request = {"model": "claude-test", "max_tokens": 6, "messages": MESSAGES, "stream": True}
-            headers = {"x-api-key": "web-key", "anthropic-version": "2023-06-01"}
+            version = {"anthropic-version": "2023-06-01"}
             response = await client.post(
-                "/anthropic/v1/messages", params={"team": "web"}, json=request, headers=headers
+                "/anthropic/v1/messages", json=request, headers={"x-api-key": "web-key", **version}
             )
             assert response.status_code == 200, response.text
             assert response.text.rstrip().endswith('data: {"type": "message_stop"}')
-            await gateway.wait_records(1)
-        assert gateway.budget.teams["web"].spent == PROMPT + 6
-        [written] = origin.written
-        assert written.path == "/v1/messages"
-        assert written.headers["x-api-key"] == KEYS["ANTHROPIC_API_KEY"]
-        assert written.headers["anthropic-version"] == "2023-06-01"  # the client's other headers go on
-        # The same team on the other provider: its budget is spent.
-        client_of_openai = gateway.openai("web", "web-key")
+            # The key is found in either header, whatever the route: a bearer token here, x-api-key there.
+            bearer = {"Authorization": "Bearer web-key", **version}
+            response = await client.post("/anthropic/v1/messages", json={**request, "stream": False}, headers=bearer)
+            assert response.status_code == 200, response.text
+            openai_request = {"model": "gpt-test", "max_tokens": 6, "messages": MESSAGES}
+            response = await client.post(
+                "/openai/v1/chat/completions", json=openai_request, headers={"x-api-key": "web-key"}
+            )
+            assert response.status_code == 200, response.text
+            await gateway.wait_records(3)
+        assert gateway.budget.teams["web"].spent == 3 * (PROMPT + 6)  # 30: spent, on both providers together
+        for written in origin.written:
+            assert written.path == "/v1/messages"
+            assert written.headers["x-api-key"] == KEYS["ANTHROPIC_API_KEY"]
+            assert "authorization" not in {name.lower() for name in written.headers}
+            assert no_team_key_in(written, "web-key")
+            assert written.headers["anthropic-version"] == "2023-06-01"  # the client's other headers go on
+        [written] = openai_origin.written
+        assert written.headers["Authorization"] == "Bearer " + KEYS["OPENAI_API_KEY"]
+        assert "x-api-key" not in {name.lower() for name in written.headers}
+        assert no_team_key_in(written, "web-key")
+        # The same team, by the same key, on either provider: its budget is spent.
+        client_of_openai = gateway.openai("web-key")
         try:
             with pytest.raises(openai.RateLimitError):
                 await chat(client_of_openai, max_tokens=1)
         finally:
             await client_of_openai.close()
-        assert openai_origin.written == []
+        await gateway.wait_records(4)
+        assert len(origin.written) == 2 and len(openai_origin.written) == 1
+    assert [(record.route, record.tag, record.status) for record in gateway.records] == [
+        ("anthropic", "web", 200),
+        ("anthropic", "web", 200),
+        ("openai", "web", 200),
+        ("openai", "web", 429),
+    ]
 
 
 async def test_a_client_that_leaves_early_is_still_counted() -> None:
     async with example_gateway(research=("research-key", 1000)) as (gateway, origin, _):
-        client = gateway.openai("research", "research-key")
+        client = gateway.openai("research-key")
         try:
             stream = await client.chat.completions.create(
                 model="gpt-test",
@@ -232,7 +269,7 @@ async def test_a_client_that_leaves_early_is_still_counted() -> None:
         finally:
             await client.close()
         await origin.wait_over(1)
-    assert record.end == "drained"
+    assert record.end == "drained" and record.tag == "research"
     assert gateway.budget.teams["research"].spent == PROMPT + 30
     tokens = gateway.metrics.registry.get_sample_value(
         "fastpipe_usage_tokens_total", {"route": "openai", "kind": "output"}
@@ -240,26 +277,34 @@ async def test_a_client_that_leaves_early_is_still_counted() -> None:
     assert tokens == 30
 
 
-async def test_a_wrong_key_or_an_unknown_team_gets_401_and_reaches_no_provider() -> None:
-    async with example_gateway(research=("research-key", 1000)) as (gateway, origin, _):
-        for team, key in (("research", "guessed-key"), ("nobody", "research-key"), ("", "research-key")):
-            client = gateway.openai(team, key)
+async def test_an_unknown_key_or_none_gets_401_and_reaches_no_provider() -> None:
+    teams = {"research": ("research-key", 1000), "keyless": ("", 1000)}  # a team without a key is never matched
+    async with example_gateway(**teams) as (gateway, origin, other):
+        for key in ("guessed-key", "research-key-and-more", "research"):
+            client = gateway.openai(key)
             try:
-                with pytest.raises(openai.AuthenticationError):
+                with pytest.raises(openai.AuthenticationError) as refused:
                     await chat(client, max_tokens=1)
             finally:
                 await client.close()
+            assert "unknown API key" in refused.value.message
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as plain:
-            response = await plain.post("/openai/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES})
-        assert response.status_code == 401
-    assert origin.written == []
+            body = {"model": "gpt-test", "messages": MESSAGES}
+            no_key = await plain.post("/openai/v1/chat/completions", json=body)
+            empty = await plain.post("/openai/v1/chat/completions", json=body, headers={"x-api-key": ""})
+            wrong = await plain.post("/anthropic/v1/messages", json=body, headers={"x-api-key": "guessed-key"})
+        assert [response.status_code for response in (no_key, empty, wrong)] == [401, 401, 401]
+        records = await gateway.wait_records(6)
+    assert [(record.tag, record.status) for record in records] == [(None, 401)] * 6
+    assert origin.written == [] and other.written == []
+    assert gateway.budget.teams["research"].spent == 0
 
 
 async def test_the_budget_starts_again_when_the_period_ends() -> None:
     now = [1000.0]
     options = {"period": 60.0, "clock": lambda: now[0]}
     async with example_gateway(options, research=("research-key", 5)) as (gateway, _, _):
-        client = gateway.openai("research", "research-key")
+        client = gateway.openai("research-key")
         try:
             await chat(client, max_tokens=2)  # 6 tokens: spent
             await gateway.wait_records(1)
@@ -317,15 +362,23 @@ async def test_the_example_runs_as_a_program_until_interrupted(program_config: A
             first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
             assert first.startswith("listening on http://127.0.0.1:"), first
             url = first.split()[-1]
-            client = openai.AsyncOpenAI(
-                base_url=url + "/openai/v1", api_key="research-key", default_query={"team": "research"}, max_retries=0
-            )
+            client = openai.AsyncOpenAI(base_url=url + "/openai/v1", api_key="web-key", max_retries=0, timeout=10.0)
             try:
-                completion = await chat(client, max_tokens=3)
+                completion = await chat(client, max_tokens=6)  # 4 + 6 tokens: web's 10 are spent
+                for _ in range(50):  # once the program billed them (the record may end after the answer)
+                    try:
+                        await chat(client, max_tokens=1)
+                    except openai.RateLimitError:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the spent budget never got 429")
             finally:
                 await client.close()
-            assert completion.usage is not None and completion.usage.completion_tokens == 3
-            assert openai_origin.written[0].headers["Authorization"] == "Bearer " + KEYS["OPENAI_API_KEY"]
+            assert completion.usage is not None and completion.usage.completion_tokens == 6
+            for written in openai_origin.written:
+                assert written.headers["Authorization"] == "Bearer " + KEYS["OPENAI_API_KEY"]
+                assert no_team_key_in(written, "web-key")
             process.send_signal(signal.SIGINT)
             _, errors = await asyncio.wait_for(process.communicate(), 15)
         finally:
@@ -334,7 +387,7 @@ async def test_the_example_runs_as_a_program_until_interrupted(program_config: A
                 await process.wait()
     assert process.returncode == 0, errors.decode()
     log = errors.decode()
-    assert f"usage_in={PROMPT} usage_out=3" in log and "route=openai" in log, log  # the access log
+    assert f"usage_in={PROMPT} usage_out=6" in log and "route=openai" in log, log  # the access log
     assert "sk-openai-of-the-gateway" not in log
 
 
