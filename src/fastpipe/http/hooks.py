@@ -36,6 +36,9 @@ RESERVED = frozenset(
     }
 )
 
+# Statuses whose responses never have a body (RFC 9110 §15.3.5, §15.4.5): no Content-Length is sent either.
+_BODILESS = frozenset({204, 304})
+
 HeaderItems = Union[Mapping[str, str], Iterable[tuple[str, str]]]
 
 
@@ -65,7 +68,7 @@ class Headers:
     ``headers["x"]`` is the first value (KeyError if none), ``get``/``getall`` read, ``headers["x"] = v``
     replaces every field of that name, ``add`` appends one, ``del headers["x"]`` removes them all.
     Names that frame the message or belong to one hop (Content-Length, Transfer-Encoding, Connection, ...)
-    cannot be set: the proxy writes those.
+    cannot be set nor removed (ValueError): the proxy writes those.
     """
 
     __slots__ = ("_items", "changed")
@@ -117,6 +120,9 @@ class Headers:
 
     def __delitem__(self, name: str) -> None:
         key = name.lower()
+        if key in RESERVED:
+            # Without its Content-Length the upstream would read the request's body as the next request.
+            raise ValueError(f"header {name!r} frames the message or belongs to one hop: the proxy sets it")
         kept = [(item, value) for item, value in self._items if item.lower() != key]
         if len(kept) == len(self._items):
             raise KeyError(name)
@@ -144,11 +150,12 @@ class Headers:
 
 class Request:
     """A request as ``on_request`` sees it. ``headers`` are those the client sent that go upstream
-    (Host among them; hop-by-hop and framing headers are not shown). Setting ``route`` (a route name)
+    (Host among them; hop-by-hop headers and Transfer-Encoding are not shown; a Content-Length is, but
+    the body goes up with the client's own whatever the hook does). Setting ``route`` (a route name)
     or ``upstream`` (an upstream group name) sends the request there; an unknown name is a 500. ``tag``
     (anything: a team, a key id) is carried into the exchange record, to bill usage to whoever asked."""
 
-    __slots__ = ("headers", "method", "peer", "route", "tag", "target", "upstream", "xff")
+    __slots__ = ("_framing", "_headers", "method", "peer", "route", "tag", "target", "upstream", "xff")
 
     def __init__(
         self,
@@ -162,12 +169,28 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target  # path and query, as sent (settable: the target sent upstream)
-        self.headers = headers
+        self._headers = headers
+        # The client's Content-Length: the body is relayed by it whatever the hook does to ``headers``.
+        self._framing = [(name, value) for name, value in headers._items if name.lower() == "content-length"]
         self.peer = peer
         self.route = route
         self.upstream = upstream
         self.xff = xff  # X-Forwarded-For as it came in; the proxy appends the peer to it
         self.tag: object = None  # anything the hook sets here is the exchange record's ``tag``
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: Headers | HeaderItems) -> None:
+        """Replace the headers whole: a :class:`Headers`, a mapping or (name, value) pairs, checked here (in
+        the hook: an unusable value is the hook's error, a 500)."""
+        if not isinstance(headers, Headers):
+            if isinstance(headers, (str, bytes)) or not isinstance(headers, (Mapping, Iterable)):
+                raise TypeError(f"request.headers must be Headers, a mapping or pairs, got {type(headers).__name__}")
+            headers = Headers(headers)
+        self._headers = headers
 
     @property
     def path(self) -> str:
@@ -202,6 +225,9 @@ class Response:
             body = body.encode("utf-8")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise TypeError(f"a Response body must be bytes or str, got {type(body).__name__}")
+        if body and status in _BODILESS:
+            # The client reads no body after this status: the bytes would be taken for the next response.
+            raise ValueError(f"a {status} response has no body, got {len(body)} bytes")
         self.status = status
         self.headers = Headers(headers or ())
         self.body = bytes(body)
@@ -273,12 +299,18 @@ def head_from_request(
     """The head to send upstream for a request an ``on_request`` hook has seen (and perhaps changed)."""
     host: bytes | None = None
     items = []
+    framing = request._framing
     for name, value in request.headers.items():
-        if name.lower() == "host":
+        lowered = name.lower()
+        if lowered == "host":
             if host is None:
                 host = value.encode("latin-1")
+        elif lowered == "content-length":
+            items += framing  # the client's own, in its place (a hook cannot set one)
+            framing = []
         else:
             items.append((name, value))
+    items += framing  # headers replaced whole: the body is still framed by the client's Content-Length
     parts = parts_of(items, b"")
     if tunnel is not None:
         parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
@@ -300,7 +332,8 @@ def response_bytes(response: Response, *, head_only: bool, keep_alive: bool, htt
     lines = [h.status_line(response.status)]
     for name, value in response.headers.items():
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    lines.append(b"Content-Length: %d\r\n" % len(response.body))
+    if response.status not in _BODILESS:
+        lines.append(b"Content-Length: %d\r\n" % len(response.body))
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     elif http10:
