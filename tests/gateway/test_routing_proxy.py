@@ -370,3 +370,99 @@ async def test_the_files_access_log_setting_is_served_by_start_proxy(caplog: pyt
                 await proxy.seen_by("/logged")
                 await proxy.wait_records(1)
         assert any('"GET /logged" 200' in record.getMessage() for record in caplog.records)
+
+
+async def test_a_request_no_route_matched_reaches_the_hook_which_may_route_it() -> None:
+    async with origins("api") as (api,):
+        config = {
+            "upstreams": {"api": group(api.url)},
+            "routes": [{"name": "v1", "path_prefix": "/v1/", "upstream": "api"}],
+        }
+        seen: list[tuple[str | None, str | None]] = []
+
+        def route_legacy(request: Request) -> None:
+            seen.append((request.route, request.upstream))
+            if request.path.startswith("/legacy/"):
+                request.route = "v1"
+
+        async with gateway(config, on_request=route_legacy) as proxy:
+            assert await proxy.seen_by("/legacy/x") == "api"
+            response = await proxy.get("/other", headers={"Host": "example.com"})
+            assert response.status_code == 404 and response.text == "no route for example.com /other"
+            assert seen == [(None, None), (None, None)]
+
+
+async def test_x_forwarded_host_stays_the_clients_when_a_hook_changes_host() -> None:
+    async with origins("api") as (api,):
+        config = {"upstreams": {"api": group(api.url)}, "routes": [{"upstream": "api"}]}
+
+        def rehost(request: Request) -> None:
+            request.headers["Host"] = "internal.example"
+
+        async with gateway(config, on_request=rehost) as proxy:
+            headers = body_of(await proxy.get("/", headers={"Host": "public.example"}))["headers"]
+            assert headers["Host"] == "internal.example"
+            assert headers["X-Forwarded-Host"] == "public.example"
+
+
+@pytest.mark.parametrize("name", ["X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host"])
+async def test_a_hook_cannot_set_the_forwarding_headers_the_proxy_sets(name: str) -> None:
+    async with origins("api") as (api,):
+        config = {"upstreams": {"api": group(api.url)}, "routes": [{"upstream": "api"}]}
+
+        def forge(request: Request) -> None:
+            request.headers[name] = "1.2.3.4"
+
+        async with gateway(config, on_request=forge) as proxy:
+            assert (await proxy.get("/")).status_code == 500
+            assert api.requests == []
+
+
+@pytest.mark.parametrize("split", [1, 7, 50])
+async def test_usage_is_read_from_a_chunked_body_split_anywhere(split: int) -> None:
+    """A chunked response travels with its framing; the usage capture must read the payload inside it."""
+    from aiohttp import web
+
+    completion = (
+        b'{"id":"c1","model":"gpt-test","choices":[{"message":{"content":"hi"}}],'
+        b'"usage":{"prompt_tokens":11,"completion_tokens":5,"total_tokens":16}}'
+    )
+    events = (
+        b'data: {"model":"gpt-test","choices":[{"delta":{"content":"a"}}],"usage":null}\n\n'
+        b'data: {"model":"gpt-test","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        body = events if request.path == "/sse" else completion
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream" if request.path == "/sse" else "application/json"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), split):
+            await response.write(body[start : start + split])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", chunked)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = {
+        "upstreams": {"llm": group(f"http://127.0.0.1:{port}")},
+        "routes": [{"upstream": "llm", "usage": "openai"}],
+    }
+    try:
+        async with gateway(config) as proxy:
+            assert (await proxy.get("/json")).content == completion
+            assert (await proxy.get("/sse")).content == events
+            json_record, sse_record = await proxy.wait_records(2)
+    finally:
+        await runner.cleanup()
+    assert (json_record.usage.input_tokens, json_record.usage.output_tokens) == (11, 5)
+    assert (sse_record.usage.input_tokens, sse_record.usage.output_tokens) == (3, 9)
+    assert sse_record.usage.complete

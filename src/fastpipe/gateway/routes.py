@@ -43,8 +43,8 @@ class Route:
     def upstream_target(self, target: bytes) -> bytes:
         """The request target to send upstream: with ``strip_prefix``, the prefix removed and a leading
         slash kept (``/api/users?x=1`` → ``/users?x=1``, ``/api/`` → ``/``); else ``target`` itself."""
-        if not self.strip_prefix:
-            return target
+        if not self.strip_prefix or not target.startswith(self.prefix):
+            return target  # (a hook may send a request to a route whose prefix it does not have)
         rest = target[len(self.prefix) :]
         return rest if rest.startswith(b"/") else b"/" + rest
 

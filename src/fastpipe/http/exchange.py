@@ -103,6 +103,7 @@ class Exchange:
         "body_pending",
         "body_pending_size",
         "chunked",
+        "chunked_body",
         "client",
         "client_keep_alive",
         "close_delimited",
@@ -175,6 +176,7 @@ class Exchange:
         self.interim_sent = False  # a 1xx went to the client: no other server may answer now
         self.upstream_status: int | None = None
         self.pipe: BodyPipe | None = None
+        self.chunked_body = False  # the body goes to the client chunked (as it came, or re-framed)
         # response to the client
         self.status: int | None = None
         self.client_keep_alive = True

@@ -162,12 +162,14 @@ def upstream_request_head(
     xff: bytes | None,
     forwarding: Forwarding,
     destination: Destination,
+    forwarded_host: bytes | None = None,
     chunked: bool,
     http10: bool,
 ) -> bytes:
     """The request head for the upstream: the client's forwardable header ``parts`` (consumed, Host not
     among them) less those Connection named (``drop``) and those the route sets, with the Host, forwarding,
-    route and framing headers of this hop."""
+    route and framing headers of this hop. X-Forwarded-Host is ``forwarded_host`` if given (the client's Host
+    after a hook changed it), else ``host``."""
     parts[0] = request_line
     set_names = destination.set_names
     if set_names is not None:
@@ -190,8 +192,10 @@ def upstream_request_head(
             + forwarding.proto
             + b"\r\n"
         )
-    if host is not None:
-        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+    if forwarded_host is None:
+        forwarded_host = host
+    if forwarded_host is not None:
+        parts += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
     if set_names is not None:
         parts.append(destination.set_lines)
     if chunked:

@@ -33,6 +33,10 @@ RESERVED = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        # set by the proxy itself on every request it forwards: a hook's would be a second copy
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
     }
 )
 
@@ -152,10 +156,11 @@ class Request:
     """A request as ``on_request`` sees it. ``headers`` are those the client sent that go upstream
     (Host among them; hop-by-hop headers and Transfer-Encoding are not shown; a Content-Length is, but
     the body goes up with the client's own whatever the hook does). Setting ``route`` (a route name)
-    or ``upstream`` (an upstream group name) sends the request there; an unknown name is a 500. ``tag``
+    or ``upstream`` (an upstream group name) sends the request there; an unknown name is a 500. A request
+    no route matched comes with ``route`` and ``upstream`` None: left so, it gets the 404. ``tag``
     (anything: a team, a key id) is carried into the exchange record, to bill usage to whoever asked."""
 
-    __slots__ = ("_framing", "_headers", "method", "peer", "route", "tag", "target", "upstream", "xff")
+    __slots__ = ("_framing", "_headers", "client_host", "method", "peer", "route", "tag", "target", "upstream", "xff")
 
     def __init__(
         self,
@@ -163,9 +168,10 @@ class Request:
         target: str,
         headers: Headers,
         peer: str,
-        route: str,
-        upstream: str,
+        route: str | None,
+        upstream: str | None,
         xff: bytes | None = None,
+        client_host: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target  # path and query, as sent (settable: the target sent upstream)
@@ -176,6 +182,7 @@ class Request:
         self.route = route
         self.upstream = upstream
         self.xff = xff  # X-Forwarded-For as it came in; the proxy appends the peer to it
+        self.client_host = client_host  # Host as the client sent it: X-Forwarded-Host, whatever the hook sets
         self.tag: object = None  # anything the hook sets here is the exchange record's ``tag``
 
     @property
@@ -320,6 +327,7 @@ def head_from_request(
         drop=None,
         host=host,
         xff=request.xff,
+        forwarded_host=request.client_host,
         forwarding=forwarding,
         destination=destination,
         chunked=chunked,

@@ -23,6 +23,7 @@ from ..gateway.config import GatewayConfig, config_from_dict, load_config
 from ..usage import Usage, capture_usage
 from .address import UpstreamAddress, parse_upstream
 from .deadlines import DeadlineSweep
+from .dechunk import PayloadTaps
 from .exchange import Exchange
 from .hooks import Headers, Request, ResponseInfo, headers_of
 from .limits import Limits
@@ -186,6 +187,8 @@ class Proxy:
         """A response head arrived: the route's usage capture and the on_response hook see its Pipe
         before the first byte goes out. A hook that raises is logged; the stream goes on."""
         route = exchange.route
+        if exchange.chunked_body and exchange.upstream_status != 101:
+            pipe = PayloadTaps(pipe)  # observers see the payload, not the chunked framing it travels in
         if route.usage is not None:
             capture_usage(pipe, route.usage, partial(_usage_seen, exchange))
             pipe.on_disconnect = route.drain

@@ -197,16 +197,23 @@ class Routing:
 
     not_found_body = staticmethod(not_found_body)  # the 404's body for a request no route takes
 
-    def rerouted(self, route: ProxyRoute, route_name: str, group_name: str) -> ProxyRoute:
+    def rerouted(self, route: ProxyRoute | None, route_name: str | None, group_name: str | None) -> ProxyRoute | None:
         """The route an ``on_request`` hook chose: ``route_name`` (if another), to ``group_name`` if the hook
-        set one other than the matched route's; ValueError for a name that is not configured."""
-        matched_group = route.group.name
-        if route_name != route.name:
+        set one other than the matched route's; None if the request still has no route (a 404);
+        ValueError for a name that is not configured."""
+        if route_name is None:
+            if route is not None:
+                raise ValueError("on_request set request.route to None: there is no route to take")
+            if group_name is not None:
+                raise ValueError("on_request chose an upstream but no route: set request.route too")
+            return None
+        matched_group = None if route is None else route.group.name
+        if route is None or route_name != route.name:
             chosen = self.by_name.get(route_name)
             if chosen is None:
                 raise ValueError(f"on_request chose route {route_name!r}, which is not configured")
             route = chosen
-        if group_name != matched_group and group_name != route.group.name:
+        if group_name is not None and group_name != matched_group and group_name != route.group.name:
             if group_name not in self.groups:
                 raise ValueError(f"on_request chose upstream {group_name!r}, which is not configured")
             route = self.with_group(route, group_name)

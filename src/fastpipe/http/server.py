@@ -415,21 +415,21 @@ class ProxyProtocol(asyncio.Protocol):
         when there is one); a request no route takes is answered 404 here."""
         host = head.host
         route = self._routing.match(host or b"", head.target)
-        if route is None:
+        if route is None and self._proxy.on_request is None:
             head.parts = None
             exchange.detail = "no route"
             body = self._routing.not_found_body(host or b"", head.target)
             self._answer_locally_with(exchange, 404, body, nosniff=True)
             return
         exchange.route = route
-        max_body = self._max_body = route.max_body
+        max_body = self._max_body = self._limits.max_body_size if route is None else route.max_body
         if max_body is not None and head.content_length > max_body:
             raise BadRequest(413, f"request body over {max_body} bytes")
         tunnel = None if http10 else head.tunnel
         if tunnel is not None:
             exchange.upgrade = tunnel
             self._upgrading = exchange
-        if self._proxy.on_request is None:
+        if route is not None and self._proxy.on_request is None:
             target = route.upstream_target(head.target) if route.strip_prefix else head.target
             exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding, route, target, tunnel)
             return
@@ -441,9 +441,10 @@ class ProxyProtocol(asyncio.Protocol):
             head.target.decode("latin-1"),
             Headers._trusted(items),
             self._peer,
-            route.name,
-            route.group.name,
+            None if route is None else route.name,
+            None if route is None else route.group.name,
             head.xff,
+            host,
         )
 
     def _answer_health(self, exchange: Exchange) -> None:
@@ -513,6 +514,8 @@ class ProxyProtocol(asyncio.Protocol):
         request = exchange.request
         hook = self._proxy.on_request
         assert request is not None and hook is not None
+        if exchange.route is not None:
+            self.deadlines.timeouts = exchange.route.timeouts  # its upstream_timeout bounds an async hook
         try:
             result = hook(request)
         except Exception as exc:
@@ -541,11 +544,18 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.tag = request.tag  # a hook that answered itself may have tagged the request too
         if result is None:
             try:
-                self._head_after_hook(exchange, request)
-            except (KeyError, ValueError, TypeError, UnicodeEncodeError) as exc:
+                routed = self._head_after_hook(exchange, request)
+            except Exception as exc:
                 self._request_hook_failed(exchange, "the on_request hook left the request unusable", exc)
                 return
-            self._attempt(exchange, None)
+            if routed:
+                self._attempt(exchange, None)
+                return
+            exchange.detail = "no route"
+            host = request.client_host or b""
+            body = self._routing.not_found_body(host, exchange.target)
+            self._answer_locally_with(exchange, 404, body, nosniff=True)
+            self._answer_locally(exchange)
         elif isinstance(result, Response):
             exchange.status = result.status
             exchange.detail = "answered by the on_request hook"
@@ -557,9 +567,12 @@ class ProxyProtocol(asyncio.Protocol):
             error = TypeError(f"on_request returned {result!r}; it must return None or a fastpipe.Response")
             self._request_hook_failed(exchange, "the on_request hook returned neither None nor a Response", error)
 
-    def _head_after_hook(self, exchange: Exchange, request: Request) -> None:
-        """The head to send upstream, from the request as the hook left it (its route, group, headers)."""
+    def _head_after_hook(self, exchange: Exchange, request: Request) -> bool:
+        """The head to send upstream, from the request as the hook left it (its route, group, headers);
+        False if it has no route."""
         route = exchange.route = self._routing.rerouted(exchange.route, request.route, request.upstream)
+        if route is None:
+            return False
         exchange.head = head_from_request(
             request,
             exchange.method,
@@ -570,6 +583,7 @@ class ProxyProtocol(asyncio.Protocol):
             forwarding=self._forwarding,
             destination=route,
         )
+        return True
 
     def _request_hook_failed(self, exchange: Exchange, detail: str, error: BaseException) -> None:
         """A 500 for an on_request hook that raised (its traceback is logged) or left a bad request."""
@@ -850,7 +864,7 @@ class ProxyProtocol(asyncio.Protocol):
         pipe = self._pipe
         exchange = self._active
         if exchange is not None:
-            exchange.detail = "drain cut at its time bound (usage_drain_seconds)"
+            exchange.detail = "drain cut at its time bound (usage_drain_seconds, or the policy's timeout)"
         if pipe is not None:
             pipe.cancel(EndReason.DRAIN_CUT_TIMEOUT)  # end() finishes the exchange
             return
@@ -865,7 +879,7 @@ class ProxyProtocol(asyncio.Protocol):
             pipe = self._pipe
             exchange = self._active
             if exchange is not None:
-                exchange.detail = "drain cut at its byte bound (usage_drain_bytes)"
+                exchange.detail = "drain cut at its byte bound (usage_drain_bytes, or the policy's max_bytes)"
             if pipe is not None:
                 pipe.cancel(EndReason.DRAIN_CUT_BYTES)  # the taps saw this chunk; reading stops here
 
@@ -873,6 +887,10 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _finish(self, exchange: Exchange, reason: str) -> None:
         self._active = None
+        task = exchange.hook_task
+        if task is not None:  # ended otherwise (a timeout, a shutdown) while an async hook still ran
+            exchange.hook_task = None
+            task.cancel()
         if self._draining:
             self._draining = False
             timer = self._drain_timer

@@ -424,6 +424,7 @@ class UpstreamConnection(asyncio.Protocol):
             # close-delimited answer may be waiting for the body before it ends: keep sending there.)
             self._body_unwanted = True
         exchange.upstream_status = status
+        exchange.chunked_body = mode == CHUNKED or mode == ENCODE
         pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
         exchange.pipe = self._pipe = pipe
         self._mode = mode
