@@ -19,10 +19,14 @@ plain ``fastpipe`` target (the cost of that one thing):
   exchange for it).
 
 Every fastpipe target is the same ``start_proxy`` call on uvloop with only those arguments changed.
+``--compare SRC`` adds plain fastpipe imported from another source tree (``SRC`` is its ``src`` directory,
+compiled Pipe built in place), in the same rounds: an A/B of two versions on the same minutes of a shared
+machine.
 
     python benchmarks/proxy_quick.py                 # 1 KiB responses, best of 3 x 2 s per target
     python benchmarks/proxy_quick.py --only fastpipe-config --repeat 5
     python benchmarks/proxy_quick.py --size 1048576 --copy --json out.json
+    python benchmarks/proxy_quick.py --only --compare /tmp/old-fastpipe/src   # this tree against another
 """
 
 from __future__ import annotations
@@ -215,8 +219,25 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def spawn(code: str, *args: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)])
+def spawn(code: str, *args: object, src: str | None = None) -> subprocess.Popen[bytes]:
+    """Run ``code`` with ``args``; with ``src``, fastpipe (and anything else there) is imported from that tree."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=with_src(src))
+
+
+def with_src(src: str | None) -> dict[str, str] | None:
+    """The environment of a process that imports fastpipe from ``src`` (None: this environment)."""
+    if src is None:
+        return None
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+
+
+def pipe_of(src: str) -> str:
+    """Where fastpipe from ``src`` comes from here, and which Pipe it loads."""
+    code = "import fastpipe; print(fastpipe.__file__, 'compiled' if fastpipe.EXTENSION else 'pure Python')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=with_src(src), capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
 
 
 def run_client(port: int, connections: int, seconds: float) -> int:
@@ -240,11 +261,14 @@ def measure_once(port: int, pid: int, args: argparse.Namespace) -> dict[str, flo
     return {"requests": requests, "rps": requests / elapsed, "cpu_us_per_request": cpu / requests * 1e6}
 
 
-def fastpipe_targets(args: argparse.Namespace, origin_port: int, workdir: Path) -> list[tuple[str, str, list[object]]]:
-    """The fastpipe targets: (name, code, extra argv), the extra argv being start_proxy's options as JSON."""
-    targets: list[tuple[str, str, list[object]]] = [("fastpipe", FASTPIPE, [json.dumps({"zero_copy": True})])]
+Target = tuple[str, str, list[object], "str | None"]  # name, code, extra argv, source tree (None: this one)
+
+
+def fastpipe_targets(args: argparse.Namespace, origin_port: int, workdir: Path) -> list[Target]:
+    """The fastpipe targets; their extra argv is start_proxy's options as JSON."""
+    targets: list[Target] = [("fastpipe", FASTPIPE, [json.dumps({"zero_copy": True})], None)]
     if args.copy:
-        targets.append(("fastpipe copy", FASTPIPE, [json.dumps({"zero_copy": False})]))
+        targets.append(("fastpipe copy", FASTPIPE, [json.dumps({"zero_copy": False})], None))
     for name in args.only:
         if name == "fastpipe-config":
             config = workdir / "route.toml"
@@ -256,7 +280,9 @@ def fastpipe_targets(args: argparse.Namespace, origin_port: int, workdir: Path) 
             options = {"zero_copy": True, "metrics_port": free_port()}
         else:
             options = {"zero_copy": True, "hook": True}
-        targets.append((name, FASTPIPE, [json.dumps(options)]))
+        targets.append((name, FASTPIPE, [json.dumps(options)], None))
+    for src in args.compare:
+        targets.append((f"fastpipe @ {src}", FASTPIPE, [json.dumps({"zero_copy": True})], src))
     return targets
 
 
@@ -286,12 +312,23 @@ def main() -> int:
         help=f"gateway variants to measure besides the relay and fastpipe (default all: {' '.join(VARIANTS)});"
         " none given: none",
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="also plain fastpipe from this source tree's src directory (its compiled Pipe built); repeatable",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
+    for src in args.compare:
+        if not (Path(src) / "fastpipe" / "__init__.py").is_file():
+            parser.error(f"--compare {src}: no fastpipe package there (give the tree's src directory)")
+        print(f"fastpipe @ {src}: {pipe_of(src)}", flush=True)
     pure = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0")
     origin_port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="fastpipe-quick-"))
-    targets = [("bare relay", RELAY, []), *fastpipe_targets(args, origin_port, workdir)]
+    targets: list[Target] = [("bare relay", RELAY, [], None), *fastpipe_targets(args, origin_port, workdir)]
     processes = [spawn(ORIGIN, args.size, origin_port)]
     rounds: dict[str, list[dict[str, float]]] = {}
     best: dict[str, dict[str, Any]] = {}
@@ -299,9 +336,9 @@ def main() -> int:
     try:
         wait_listening(origin_port, processes[0])
         running = []
-        for name, code, extra in targets:
+        for name, code, extra, src in targets:
             port = free_port()
-            process = spawn(code, origin_port, port, *extra)
+            process = spawn(code, origin_port, port, *extra, src=src)
             processes.append(process)
             wait_listening(port, process)
             run_client(port, args.connections, 0.5)  # warm up: connections, pool, caches
@@ -319,7 +356,7 @@ def main() -> int:
                 if name not in best or row["cpu_us_per_request"] < best[name]["cpu_us_per_request"]:
                     best[name] = row
         if "fastpipe-metrics" in args.only:
-            options = json.loads(str(next(extra for name, _, extra in targets if name == "fastpipe-metrics")[0]))
+            options = json.loads(str(next(extra for name, _, extra, _ in targets if name == "fastpipe-metrics")[0]))
             counted = scrape_requests(int(options["metrics_port"]))
     finally:
         for process in processes:
@@ -330,10 +367,11 @@ def main() -> int:
         workdir.rmdir()
     floor = best["bare relay"]["cpu_us_per_request"]
     plain = best["fastpipe"]["cpu_us_per_request"]
+    width = max(16, *map(len, best))
     for name, row in best.items():
         row["ratio_to_relay"] = row["cpu_us_per_request"] / floor
         line = (
-            f"  {name:<16} {row['rps']:>9.0f} req/s {row['cpu_us_per_request']:>8.1f} µs CPU/request"
+            f"  {name:<{width}} {row['rps']:>9.0f} req/s {row['cpu_us_per_request']:>8.1f} µs CPU/request"
             f"  {row['ratio_to_relay']:.2f}x the relay"
         )
         if name not in ("bare relay", "fastpipe"):
