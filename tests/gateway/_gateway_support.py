@@ -55,17 +55,34 @@ class NamedOrigin:
     async def start(self, port: int = 0) -> NamedOrigin:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve_app(app, port)
         return self
 
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+
+async def serve_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on 127.0.0.1 (a free port by default); a response still being written when the test
+    ends is cut after half a second, not aiohttp's 60. Stop it with ``runner.cleanup()``."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+async def wait_records(records: list[ExchangeRecord], count: int, timeout: float = 5.0) -> list[ExchangeRecord]:
+    """Wait (bounded) until ``count`` exchanges have ended."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(records) < count:
+        if loop.time() > deadline:
+            raise AssertionError(f"only {len(records)} of {count} exchanges ended: {records}")
+        await asyncio.sleep(0.01)
+    return records
 
 
 @asynccontextmanager
@@ -106,13 +123,7 @@ class Gateway:
         return str(response.json()["server"])
 
     async def wait_records(self, count: int, timeout: float = 5.0) -> list[ExchangeRecord]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.records) < count:
-            if loop.time() > deadline:
-                raise AssertionError(f"only {len(self.records)} of {count} exchanges ended: {self.records}")
-            await asyncio.sleep(0.01)
-        return self.records
+        return await wait_records(self.records, count, timeout)
 
 
 @asynccontextmanager

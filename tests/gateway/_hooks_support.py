@@ -17,7 +17,7 @@ from aiohttp import web
 
 from fastpipe.http import ExchangeRecord, proxy_of, shutdown_proxy, start_proxy
 
-from ._gateway_support import Gateway
+from ._gateway_support import Gateway, serve_app
 
 __all__ = (
     "HookGateway",
@@ -158,11 +158,7 @@ class StreamOrigin:
     async def start(self) -> StreamOrigin:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:

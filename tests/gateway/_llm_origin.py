@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ._gateway_support import serve_app
+
 DEFAULT_TOKENS = 4
 
 
@@ -257,12 +259,7 @@ class LLMOrigin:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/messages", self.messages)
-        # A stream still being written when the test ends is cut after half a second, not aiohttp's 60.
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:

@@ -28,6 +28,7 @@ from fastpipe.gateway import ConfigError, GatewayConfig, Secret, load_config
 from fastpipe.gateway.metrics import GatewayMetrics
 from fastpipe.http import ExchangeRecord, shutdown_proxy, start_proxy
 
+from ._gateway_support import wait_records
 from ._llm_origin import LLMOrigin, llm_origin, prompt_tokens
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm_gateway"
@@ -74,13 +75,7 @@ class Running:
         return openai.AsyncOpenAI(base_url=self.url + "/openai/v1", api_key=key, max_retries=0, timeout=10.0)
 
     async def wait_records(self, count: int, timeout: float = 5.0) -> list[ExchangeRecord]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.records) < count:
-            if loop.time() > deadline:
-                raise AssertionError(f"only {len(self.records)} of {count} exchanges ended: {self.records}")
-            await asyncio.sleep(0.01)
-        return self.records
+        return await wait_records(self.records, count, timeout)
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ import pytest
 
 from fastpipe.http import Limits, Request, Response
 
-from ._gateway_support import body_of, closed_port, gateway, group, origins
+from ._gateway_support import body_of, closed_port, gateway, group, origins, serve_app
 
 
 async def test_routes_pick_by_host_and_longest_prefix() -> None:
@@ -447,11 +447,7 @@ async def test_usage_is_read_from_a_chunked_body_split_anywhere(split: int) -> N
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", chunked)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     config = {
         "upstreams": {"llm": group(f"http://127.0.0.1:{port}")},
         "routes": [{"upstream": "llm", "usage": "openai"}],
