@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS := test,bench,lint,aiohttp,httpx,asgi,metrics
+EXTRAS := test,bench,lint,aiohttp,httpx,asgi
 STAMP := $(VENV)/.fastpipe-installed
 
 .PHONY: help dev build test test-matrix test-deploy test-py bench bench-proxy bench-proxy-quick bench-proxy-smoke profile-proxy memcheck fuzz soak demo wheel lint typecheck clean
