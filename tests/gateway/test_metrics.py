@@ -991,6 +991,7 @@ def test_the_supervisor_serves_the_sum_of_its_workers() -> None:
         supervisor.stderr.close()
     assert supervisor.returncode == 0
     assert re.search(r"worker \d+ exited with status 0", "".join(lines.lines))
+    assert not directory.exists()  # the supervisor removed the snapshots' directory it made
 
 
 def test_worker_exited_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

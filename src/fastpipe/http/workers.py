@@ -60,7 +60,7 @@ def run_supervisor(
     Each worker logs its own start and drain; the supervisor logs each worker it starts, each one that dies
     (and its replacement), the stop signal, and how every worker ended. With ``metrics`` (a listen
     address) the supervisor serves ``/metrics`` there: the sum over its workers, which write their
-    numbers to a shared directory (prometheus_client's multiprocess mode).
+    numbers as JSON snapshots into a shared directory that the supervisor sums at each scrape.
     """
     environment = None
     metrics_server = None
@@ -76,6 +76,9 @@ def run_supervisor(
     finally:
         if metrics_server is not None:
             metrics_server.close()
+            from ..gateway.metrics import cleanup_multiprocess
+
+            cleanup_multiprocess(directory)
 
 
 def _supervise(
