@@ -732,8 +732,9 @@ class ProxyProtocol(asyncio.Protocol):
         exchange.first_byte = _now()
         if self.deadlines.kind == _UPSTREAM:
             self.deadlines.arm(_NO_DEADLINE)
-        link = exchange.link
-        link.group.succeeded(link.server)
+        server = exchange.link.server
+        if server.failures or server.down_until is not None:
+            exchange.link.group.succeeded(server)  # a success clears the server's failure record
         if exchange.route.usage is not None or self._proxy.observes_responses:
             self._proxy.observe_response(exchange, pipe, parts, self._peer)
         self._pending_head = b"".join(parts)
