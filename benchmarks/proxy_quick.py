@@ -19,6 +19,11 @@ plain ``fastpipe`` target (the cost of that one thing):
   exchange for it).
 
 Every fastpipe target is the same ``start_proxy`` call on uvloop with only those arguments changed.
+``--instructions`` counts, instead of CPU time, the instructions each target's process executes per
+request under valgrind's callgrind (user space only: the interpreter, the proxy's Python, the event loop;
+not the kernel's socket work): slow, but the same count on a busy machine as on a quiet one, so it can tell
+apart costs a few percent apart, which CPU time on a shared box cannot.
+
 ``--compare SRC`` adds plain fastpipe imported from another source tree (``SRC`` is its ``src`` directory,
 compiled Pipe built in place), in the same rounds: an A/B of two versions on the same minutes of a shared
 machine.
@@ -27,6 +32,7 @@ machine.
     python benchmarks/proxy_quick.py --only fastpipe-config --repeat 5
     python benchmarks/proxy_quick.py --size 1048576 --copy --json out.json
     python benchmarks/proxy_quick.py --only --compare /tmp/old-fastpipe/src   # this tree against another
+    python benchmarks/proxy_quick.py --instructions                           # needs valgrind
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -42,6 +49,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from glob import glob
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +163,10 @@ VARIANTS = ("fastpipe-config", "fastpipe-record", "fastpipe-metrics", "fastpipe-
 
 CLIENT = """
 import asyncio, sys, time, uvloop, httptools
-PORT, CONNECTIONS, SECONDS = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+PORT, CONNECTIONS, SECONDS, TOTAL = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 REQUEST = b"GET /bytes HTTP/1.1\\r\\nHost: bench\\r\\nUser-Agent: proxy-quick\\r\\nAccept: */*\\r\\n\\r\\n"
 done = 0
+sent = 0  # TOTAL > 0: exactly that many requests, whatever the time
 stop_at = 0.0
 class Client(asyncio.Protocol):
     def __init__(self, finished):
@@ -165,16 +174,20 @@ class Client(asyncio.Protocol):
         self.finished = finished
     def connection_made(self, transport):
         self.transport = transport
-        transport.write(REQUEST)
+        self.send()
+    def send(self):
+        global sent
+        if sent < TOTAL if TOTAL else time.monotonic() < stop_at:
+            sent += 1
+            self.transport.write(REQUEST)
+        else:
+            self.transport.close()
     def data_received(self, data):
         self.parser.feed_data(data)
     def on_message_complete(self):
         global done
         done += 1
-        if time.monotonic() < stop_at:
-            self.transport.write(REQUEST)
-        else:
-            self.transport.close()
+        self.send()
     def connection_lost(self, exc):
         if not self.finished.done():
             self.finished.set_result(None)
@@ -187,7 +200,7 @@ async def main():
         finished = loop.create_future()
         await loop.create_connection(lambda: Client(finished), "127.0.0.1", PORT)
         waits.append(finished)
-    await asyncio.wait_for(asyncio.gather(*waits), SECONDS + 30)
+    await asyncio.wait_for(asyncio.gather(*waits), 900 if TOTAL else SECONDS + 30)
     print(done)
 uvloop.run(main())
 """
@@ -206,8 +219,8 @@ def free_port() -> int:
             return port
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"process exited early with {process.returncode}")
@@ -219,9 +232,11 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def spawn(code: str, *args: object, src: str | None = None) -> subprocess.Popen[bytes]:
-    """Run ``code`` with ``args``; with ``src``, fastpipe (and anything else there) is imported from that tree."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=with_src(src))
+def spawn(code: str, *args: object, src: str | None = None, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Run ``code`` with ``args``; with ``src``, fastpipe (and anything else there) is imported from that tree;
+    ``prefix`` runs it under another program (valgrind)."""
+    argv = [*(prefix or []), sys.executable, "-c", textwrap.dedent(code), *map(str, args)]
+    return subprocess.Popen(argv, env=with_src(src))
 
 
 def with_src(src: str | None) -> dict[str, str] | None:
@@ -240,14 +255,54 @@ def pipe_of(src: str) -> str:
     return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
 
 
-def run_client(port: int, connections: int, seconds: float) -> int:
+def run_client(port: int, connections: int, seconds: float, total: int = 0) -> int:
+    """Requests done by a closed-loop client in ``seconds``, or exactly ``total`` requests if given."""
     result = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(port), str(connections), str(seconds)],
-        check=True,
+        [sys.executable, "-c", CLIENT, str(port), str(connections), str(seconds), str(total)],
         capture_output=True,
         text=True,
+        check=False,
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"the load client failed: {result.stderr.strip()[-1500:]}")
     return int(result.stdout.strip())
+
+
+def count_instructions(
+    targets: list[Target], origin_port: int, args: argparse.Namespace, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """Each target alone under callgrind: a warm-up, a dump, ``args.requests`` requests, a dump; the second
+    dump's total over the requests is the target's instructions per request."""
+    found: dict[str, dict[str, Any]] = {}
+    for index, (name, code, extra, src) in enumerate(targets):
+        out = workdir / f"callgrind-{index}"
+        port = free_port()
+        valgrind = ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={out}"]
+        process = spawn(code, origin_port, port, *extra, src=src, prefix=valgrind)
+        try:
+            wait_listening(port, process, timeout=180)
+            run_client(port, args.connections, 0, total=args.warmup_requests)
+            subprocess.run(["callgrind_control", "--dump", str(process.pid)], check=True, capture_output=True)
+            dumped = set(glob(f"{out}*"))
+            run_client(port, args.connections, 0, total=args.requests)
+            subprocess.run(["callgrind_control", "--dump", str(process.pid)], check=True, capture_output=True)
+            newest = max(set(glob(f"{out}*")) - dumped, key=os.path.getmtime)
+        finally:
+            process.terminate()
+            process.wait(60)
+        instructions = callgrind_total(newest)
+        found[name] = {"requests": args.requests, "instructions_per_request": instructions / args.requests}
+        print(f"  {name}: {instructions / args.requests:,.0f} instructions per request", flush=True)
+    return found
+
+
+def callgrind_total(path: str) -> int:
+    """The instructions (Ir) a callgrind dump counted."""
+    with open(path) as dump:
+        for line in dump:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"{path} has no totals")
 
 
 def measure_once(port: int, pid: int, args: argparse.Namespace) -> dict[str, float]:
@@ -319,8 +374,17 @@ def main() -> int:
         metavar="SRC",
         help="also plain fastpipe from this source tree's src directory (its compiled Pipe built); repeatable",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under callgrind instead of CPU time (needs valgrind; slow)",
+    )
+    parser.add_argument("--requests", type=int, default=3000, help="--instructions: requests counted (3000)")
+    parser.add_argument("--warmup-requests", type=int, default=300, help="--instructions: requests before (300)")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
+    if args.instructions and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        parser.error("--instructions needs valgrind (apt-get install valgrind)")
     for src in args.compare:
         if not (Path(src) / "fastpipe" / "__init__.py").is_file():
             parser.error(f"--compare {src}: no fastpipe package there (give the tree's src directory)")
@@ -335,6 +399,14 @@ def main() -> int:
     counted: float | None = None
     try:
         wait_listening(origin_port, processes[0])
+        if args.instructions:
+            print(
+                f"{args.size} B responses, {args.connections} connections, instructions per request over"
+                f" {args.requests:,} requests under callgrind; Pipe: {'pure Python' if pure else 'compiled'}",
+                flush=True,
+            )
+            best = count_instructions(targets, origin_port, args, workdir)
+            return report_instructions(best, args, pure)
         running = []
         for name, code, extra, src in targets:
             port = free_port()
@@ -407,6 +479,26 @@ def main() -> int:
                 handle,
                 indent=2,
             )
+    return 0
+
+
+def report_instructions(found: dict[str, dict[str, Any]], args: argparse.Namespace, pure: bool) -> int:
+    floor = found["bare relay"]["instructions_per_request"]
+    plain = found["fastpipe"]["instructions_per_request"]
+    width = max(16, *map(len, found))
+    for name, row in found.items():
+        mine = row["instructions_per_request"]
+        row["ratio_to_relay"] = mine / floor
+        line = f"  {name:<{width}} {mine:>10,.0f} instructions/request  {row['ratio_to_relay']:.2f}x the relay"
+        if name not in ("bare relay", "fastpipe"):
+            row["ratio_to_fastpipe"] = mine / plain
+            row["added_over_fastpipe"] = mine - plain
+            line += f"  {row['ratio_to_fastpipe']:.3f}x fastpipe ({mine - plain:+,.0f})"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as handle:
+            payload = {"size": args.size, "connections": args.connections, "pure": pure, "instructions": found}
+            json.dump(payload, handle, indent=2)
     return 0
 
 
