@@ -7,8 +7,9 @@
 
 Each session makes a fresh venv with that interpreter, installs the package with its test extra (which
 compiles the Pipe against that interpreter's headers), checks that the compiled Pipe loaded, and runs the
-core: the Pipe, proxy and adapter tests, less the slow ones and a few that spend minutes on volume rather
-than on what differs between versions (see CORE_LEFT_OUT). The full suite runs once, on the development
+core: the Pipe, proxy and adapter tests and the gateway's configuration and routing, less the slow ones
+and a few that spend minutes on volume rather than on what differs between versions (see CORE_LEFT_OUT),
+with the Pipe and adapter tests on asyncio's loop only. The full suite runs once, on the development
 version, through ``make test``.
 
 The checkout is installed in editable mode; with ``FASTPIPE_SDIST`` set, that sdist is installed instead,
@@ -30,7 +31,17 @@ from pathlib import Path
 import nox
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
-CORE = ("tests/pipe", "tests/http", "tests/adapters")
+CORE = (
+    "tests/pipe",
+    "tests/http",
+    "tests/adapters",
+    # the gateway's configuration (tomllib, or tomli before 3.11), matching and balancing, and its routes served
+    "tests/gateway/test_config.py",
+    "tests/gateway/test_toml_lines.py",
+    "tests/gateway/test_routes.py",
+    "tests/gateway/test_balance.py",
+    "tests/gateway/test_routing_proxy.py",
+)
 # Left out of the core, run by the full suite only: the leak sweep over 100,000 pipes, and the large
 # downloads under a gc.collect() per chunk through every ASGI server and client library (each minutes of
 # CPU; the hazard they guard against is covered in the core by tests/pipe/test_hazard.py).
@@ -109,4 +120,7 @@ def core(session: nox.Session) -> None:
         "no:cacheprovider",
         "--durations=5",
         *session.posargs,
+        # The Pipe and adapter tests on asyncio's loop only: the full run on the development Python has
+        # them on uvloop as well, and twice the minutes here would not fit the CI budget.
+        env={"FASTPIPE_TESTS_ONE_LOOP": "1"},
     )

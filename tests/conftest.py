@@ -3,7 +3,8 @@
 Which loop an async test runs on (the ids ``asyncio`` and ``uvloop``):
 
 * the Pipe and adapter tests (tests/pipe, tests/adapters): both loops, every one of them: the library is
-  used on either;
+  used on either (``FASTPIPE_TESTS_ONE_LOOP=1`` keeps them to asyncio's: the passes of CI that repeat the
+  suite for the twin and for other Pythons, after the full run covered both loops);
 * the other async tests (the proxy: tests/http, tests/reliability, ...): uvloop, the proxy's loop, and
   asyncio's own loop as well where marked ``both_loops``.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 BOTH_LOOPS_PACKAGES = tuple(Path(__file__).parent / name for name in ("pipe", "adapters"))
+ONE_LOOP = os.environ.get("FASTPIPE_TESTS_ONE_LOOP") == "1"
 
 
 class _UvloopClosingInBounds(uvloop.Loop):
@@ -78,8 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
-    if item.get_closest_marker("both_loops") is not None or any(
-        item.path.is_relative_to(package) for package in BOTH_LOOPS_PACKAGES
-    ):
+    if any(item.path.is_relative_to(package) for package in BOTH_LOOPS_PACKAGES):
+        if ONE_LOOP:
+            return {"asyncio": asyncio.new_event_loop}
+        return {"asyncio": asyncio.new_event_loop, "uvloop": _UvloopClosingInBounds}
+    if item.get_closest_marker("both_loops") is not None:
         return {"asyncio": asyncio.new_event_loop, "uvloop": _UvloopClosingInBounds}
     return {"uvloop": _UvloopClosingInBounds}
