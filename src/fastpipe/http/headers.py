@@ -165,6 +165,7 @@ def upstream_request_head(
     forwarded_host: bytes | None = None,
     chunked: bool,
     http10: bool,
+    tunnel: bytes | None = None,
 ) -> bytes:
     """The request head for the upstream: the client's forwardable header ``parts`` (consumed, Host not
     among them) less those Connection named (``drop``) and those the route sets, with the Host, forwarding,
@@ -176,6 +177,8 @@ def upstream_request_head(
         drop = set_names if drop is None else drop + set_names
     if drop is not None:
         parts = without_names(parts, drop)
+    if tunnel is not None:  # an upgrade request keeps its Connection and Upgrade (the only hop-by-hop ones)
+        parts += (b"Connection: upgrade\r\nUpgrade: ", tunnel, b"\r\n")
     if host is None or destination.rewrite_host:
         parts.append(destination.host_line)
     else:

@@ -319,8 +319,6 @@ def head_from_request(
             items.append((name, value))
     items += framing  # headers replaced whole: the body is still framed by the client's Content-Length
     parts = parts_of(items, b"")
-    if tunnel is not None:
-        parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
     return h.upstream_request_head(
         parts,
         request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
@@ -332,6 +330,7 @@ def head_from_request(
         destination=destination,
         chunked=chunked,
         http10=http10,
+        tunnel=tunnel,
     )
 
 

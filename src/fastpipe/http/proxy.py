@@ -187,7 +187,7 @@ class Proxy:
         """A response head arrived: the route's usage capture and the on_response hook see its Pipe
         before the first byte goes out. A hook that raises is logged; the stream goes on."""
         route = exchange.route
-        if exchange.chunked_body and exchange.upstream_status != 101:
+        if exchange.chunked_body:
             pipe = PayloadTaps(pipe)  # observers see the payload, not the chunked framing it travels in
         if route.usage is not None:
             capture_usage(pipe, route.usage, partial(_usage_seen, exchange))

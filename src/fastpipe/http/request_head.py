@@ -184,8 +184,6 @@ class RequestHead:
         parts = self.parts
         assert parts is not None
         self.parts = None
-        if tunnel is not None:
-            parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", tunnel, b"\r\n")
         return h.upstream_request_head(
             parts,
             request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
@@ -196,6 +194,7 @@ class RequestHead:
             destination=route,
             chunked=chunked,
             http10=http10,
+            tunnel=tunnel,
         )
 
     def take_parts(self) -> list[bytes]:

@@ -242,10 +242,7 @@ class ProxyProtocol(asyncio.Protocol):
             if route is not None and route.drain is not None and exchange.upstream is not None:
                 # A usage route whose response head has not come yet: wait for it and read it on, so the
                 # usage is still seen, within the route's drain bounds (a timer from now on).
-                drain = route.drain
-                self._draining = True
-                self._drain_left = drain.max_bytes
-                self._drain_timer = self._loop.call_later(drain.timeout, self._drain_timed_out)
+                self._start_drain(route.drain.max_bytes, route.drain.timeout)
                 return
             exchange.abandon_upstream()
             self._finish(exchange, exchange.end_reason or CLIENT_GONE)
@@ -417,9 +414,7 @@ class ProxyProtocol(asyncio.Protocol):
         route = self._routing.match(host or b"", head.target)
         if route is None and self._proxy.on_request is None:
             head.parts = None
-            exchange.detail = "no route"
-            body = self._routing.not_found_body(host or b"", head.target)
-            self._answer_locally_with(exchange, 404, body, nosniff=True)
+            self._answer_no_route(exchange, host)
             return
         exchange.route = route
         max_body = self._max_body = self._limits.max_body_size if route is None else route.max_body
@@ -454,10 +449,13 @@ class ProxyProtocol(asyncio.Protocol):
             status, body = 503, b"draining\n"
         else:
             status, body = 200, b"ok\n"
-        exchange.status = status
-        exchange.local = h.local_response(
-            status, body, head_only=exchange.head_only, keep_alive=exchange.keep_alive, http10=exchange.http10
-        )
+        self._answer_locally_with(exchange, status, body)
+
+    def _answer_no_route(self, exchange: Exchange, host: bytes | None) -> None:
+        """The 404 of a request no route takes; its body echoes the client, hence nosniff."""
+        exchange.detail = "no route"
+        body = self._routing.not_found_body(host or b"", exchange.target)
+        self._answer_locally_with(exchange, 404, body, nosniff=True)
 
     def _send_body(self, exchange: Exchange, piece: bytes) -> None:
         if exchange.local is not None:
@@ -551,10 +549,7 @@ class ProxyProtocol(asyncio.Protocol):
             if routed:
                 self._attempt(exchange, None)
                 return
-            exchange.detail = "no route"
-            host = request.client_host or b""
-            body = self._routing.not_found_body(host, exchange.target)
-            self._answer_locally_with(exchange, 404, body, nosniff=True)
+            self._answer_no_route(exchange, request.client_host)
             self._answer_locally(exchange)
         elif isinstance(result, Response):
             exchange.status = result.status
@@ -737,7 +732,7 @@ class ProxyProtocol(asyncio.Protocol):
             exchange.link.group.succeeded(server)  # a success clears the server's failure record
         if exchange.route.usage is not None or self._proxy.observes_responses:
             self._proxy.observe_response(exchange, pipe, parts, self._peer)
-        self._pending_head = b"".join(parts)
+        self._pending_head = None if self._draining else b"".join(parts)
         self._pipe = pipe
         if self._draining:
             pipe.start_draining()  # the client left before this head: read on for the usage
@@ -797,8 +792,7 @@ class ProxyProtocol(asyncio.Protocol):
         head = self._pending_head
         if head is not None and exchange is self._active:
             self._pending_head = None
-            if not self._draining:
-                self._transport.write(head)
+            self._transport.write(head)
 
     # -- the Pipe's sink -------------------------------------------------------------------------------
 
@@ -853,11 +847,15 @@ class ProxyProtocol(asyncio.Protocol):
     def _drain(self, pipe: BodyPipe, max_bytes: int, timeout: float) -> None:
         """Read the rest of the body for its taps (usage capture), within ``max_bytes`` and ``timeout``;
         then the upstream connection is pooled (a complete response) or closed."""
-        self._draining = True
-        self._drain_left = max_bytes
-        self._pending_head = None
+        self._start_drain(max_bytes, timeout)
         pipe.start_draining()
         pipe.resume_producing()  # the client's flow control no longer applies
+
+    def _start_drain(self, max_bytes: int, timeout: float) -> None:
+        """From now on the response is read and discarded (its taps still see it), within the bounds."""
+        self._draining = True
+        self._drain_left = max_bytes
+        self._pending_head = None  # the client is gone: no head goes out
         self._drain_timer = self._loop.call_later(timeout, self._drain_timed_out)
 
     def _drain_timed_out(self) -> None:
