@@ -8,15 +8,63 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from aiohttp import web
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 from fastpipe.http import ExchangeRecord, proxy_of, shutdown_proxy, start_proxy
 
 
-class NamedOrigin:
+class AppOrigin:
+    """An aiohttp origin on 127.0.0.1: ``start`` serves the routes ``routes`` adds (every path to
+    ``handle`` by default), ``stop`` ends it."""
+
+    runner: web.AppRunner | None = None
+    port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def start(self, port: int = 0) -> Self:
+        app = web.Application()
+        self.routes(app)
+        self.runner, self.port = await serve_app(app, port)
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+_Origin = TypeVar("_Origin", bound=AppOrigin)
+
+
+@asynccontextmanager
+async def running(*made: _Origin) -> AsyncIterator[list[_Origin]]:
+    """Start ``made``, yield them, stop them whatever happened."""
+    started: list[_Origin] = []
+    try:
+        for origin in made:
+            started.append(await origin.start())
+        yield started
+    finally:
+        for origin in started:
+            await origin.stop()
+
+
+class NamedOrigin(AppOrigin):
     """An aiohttp server answering every path with JSON: its name, the method, path and headers it got.
 
     ``/slow?seconds=S`` answers after S seconds; ``/status/N`` answers status N. ``requests`` counts
@@ -27,12 +75,6 @@ class NamedOrigin:
         self.name = name
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -52,17 +94,6 @@ class NamedOrigin:
             return web.json_response(seen, status=status)
         finally:
             self.in_flight -= 1
-
-    async def start(self, port: int = 0) -> NamedOrigin:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner, self.port = await serve_app(app, port)
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
 
 
 async def serve_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
@@ -88,12 +119,8 @@ async def wait_records(records: list[ExchangeRecord], count: int, timeout: float
 
 @asynccontextmanager
 async def origins(*names: str) -> AsyncIterator[list[NamedOrigin]]:
-    started = [await NamedOrigin(name).start() for name in names]
-    try:
+    async with running(*(NamedOrigin(name) for name in names)) as started:
         yield started
-    finally:
-        for origin in started:
-            await origin.stop()
 
 
 def closed_port() -> int:

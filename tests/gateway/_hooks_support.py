@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._gateway_support import Gateway, gateway, serve_app
+from ._gateway_support import AppOrigin, Gateway, gateway, running
 
 __all__ = (
     "HookGateway",
@@ -73,7 +73,7 @@ def streamed_body(chunks: int, size: int) -> bytes:
     return b"".join(chunk_of(index, size) for index in range(chunks))
 
 
-class StreamOrigin:
+class StreamOrigin(AppOrigin):
     """An aiohttp origin. Every path answers JSON saying what it got (``X-Origin: NAME``), except:
 
     * ``/status/N`` answers status N (same JSON);
@@ -85,12 +85,6 @@ class StreamOrigin:
         self.name = name
         self.requests: list[Seen] = []
         self.streams: list[Streamed] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -126,26 +120,11 @@ class StreamOrigin:
         state.finished = True
         return response
 
-    async def start(self) -> StreamOrigin:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner, self.port = await serve_app(app)
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
 
 @asynccontextmanager
 async def stream_origins(*names: str) -> AsyncIterator[list[StreamOrigin]]:
-    started = [await StreamOrigin(name).start() for name in names]
-    try:
+    async with running(*(StreamOrigin(name) for name in names)) as started:
         yield started
-    finally:
-        for origin in started:
-            await origin.stop()
 
 
 def raw_request(

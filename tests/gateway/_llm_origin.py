@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._gateway_support import serve_app
+from ._gateway_support import AppOrigin, running
 
 DEFAULT_TOKENS = 4
 
@@ -48,7 +48,7 @@ class Written:
     over: asyncio.Event = field(default_factory=asyncio.Event)  # the handler returned, however
 
 
-class LLMOrigin:
+class LLMOrigin(AppOrigin):
     """``POST /v1/chat/completions`` (OpenAI) and ``POST /v1/messages`` (Anthropic) on a free port."""
 
     def __init__(self, *, head_delay: float = 0.0, first_delay: float = 0.0, delay: float = 0.0) -> None:
@@ -56,12 +56,6 @@ class LLMOrigin:
         self.first_delay = first_delay  # after the head, before the first token
         self.delay = delay  # between events (and before the end marker)
         self.written: list[Written] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def wait_over(self, count: int = 1, timeout: float = 10.0) -> list[Written]:
         """The first ``count`` responses, once their handlers have all returned."""
@@ -255,23 +249,12 @@ class LLMOrigin:
         await response.write(payload)
         written.events += 1
 
-    async def start(self) -> LLMOrigin:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/messages", self.messages)
-        self.runner, self.port = await serve_app(app)
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
 
 
 @asynccontextmanager
 async def llm_origin(**pacing: float) -> AsyncIterator[LLMOrigin]:
-    origin = await LLMOrigin(**pacing).start()
-    try:
+    async with running(LLMOrigin(**pacing)) as (origin,):
         yield origin
-    finally:
-        await origin.stop()
