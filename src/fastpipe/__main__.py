@@ -185,23 +185,13 @@ def _count(number: int, noun: str) -> str:
 async def _serve(args: argparse.Namespace, settings: _Settings) -> int:
     from .http.proxy import start_proxy
 
-    metrics = None
-    metrics_server = None
-    if settings.metrics is not None:
-        from .gateway.metrics import GatewayMetrics, serve_metrics
-        from .http.workers import worker_of_supervisor
-
-        metrics = GatewayMetrics()
-        if not worker_of_supervisor():
-            metrics_server = serve_metrics(settings.metrics.host, settings.metrics.port, metrics.registry)
-            _say(f"metrics on http://{settings.metrics}/metrics")
     listen = settings.listen[0] if len(settings.listen) == 1 else None
     server = await start_proxy(
         settings.upstream,
         config=settings.config,
         host=None if listen is None else listen.host,
         port=None if listen is None else listen.port,
-        metrics=metrics,
+        metrics_listen=settings.metrics,
         access_log=settings.access_log,
         reuse_port=args.reuse_port,
         health_path=args.health_path,
@@ -225,6 +215,9 @@ async def _serve(args: argparse.Namespace, settings: _Settings) -> int:
             f"proxy listening on {scheme}://{shown}:{bound[1]} -> {settings.shown_target}"
             f" (grace {settings.grace:g} s{health})"
         )
+    served_metrics = proxy_of(server).metrics_server
+    if served_metrics is not None:
+        _say(f"metrics on {served_metrics.url}")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[signal.Signals] = []
@@ -245,8 +238,6 @@ async def _serve(args: argparse.Namespace, settings: _Settings) -> int:
         await stop.wait()
         await _drain(server, settings.grace, received[0].name)
     finally:
-        if metrics_server is not None:
-            metrics_server.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)  # a late duplicate must not turn a clean exit into a kill

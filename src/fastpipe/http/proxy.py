@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..gateway.config import GatewayConfig, config_from_dict, load_config
+from ..gateway.config import GatewayConfig, ListenAddress, config_from_dict, load_config
 from ..usage import Usage, capture_usage
 from .address import UpstreamAddress, parse_upstream
 from .deadlines import DeadlineSweep
@@ -363,6 +363,7 @@ async def start_proxy(
     ssl: _ssl.SSLContext | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
+    metrics_listen: ListenAddress | None = None,
     **options: Any,
 ) -> asyncio.Server:
     """Serve a reverse proxy to ``upstream`` (``http://HOST:PORT``), or a gateway ``config`` (a
@@ -384,7 +385,8 @@ async def start_proxy(
     upstream is chosen and may answer with a :class:`~fastpipe.Response`; ``on_response(exchange, pipe)``
     sees the response head and the body's Pipe before the first byte goes out (``pipe.tap(observer)``,
     ``pipe.on_disconnect = DisconnectPolicy.drain(...)``). ``metrics=GatewayMetrics()`` counts into your
-    own registry; a config's ``metrics = "HOST:PORT"`` serves them at ``/metrics``.
+    own registry; a config's ``metrics = "HOST:PORT"`` (or ``metrics_listen``, over it) serves them at
+    ``/metrics`` (in a worker of ``--workers N`` the supervisor serves the sum instead).
 
     TLS: ``ssl=context`` or ``certfile``/``keyfile`` serve clients over HTTPS. An ``https://`` upstream is
     verified against the system trust store, or ``upstream_ca`` (a PEM bundle); ``upstream_insecure``
@@ -396,14 +398,15 @@ async def start_proxy(
         options.setdefault("access_log", options["config"].server.access_log)
     served_metrics = None
     gateway = options.get("config")
-    if gateway is not None and gateway.server.metrics is not None and options.get("metrics") is None:
+    if metrics_listen is None and gateway is not None:
+        metrics_listen = gateway.server.metrics
+    if metrics_listen is not None and options.get("metrics") is None:
         from ..gateway.metrics import GatewayMetrics, serve_metrics
         from .workers import worker_of_supervisor
 
         options["metrics"] = GatewayMetrics()
         if not worker_of_supervisor():  # a --workers supervisor serves the sum of its workers itself
-            address = gateway.server.metrics
-            served_metrics = serve_metrics(address.host, address.port, options["metrics"].registry)
+            served_metrics = serve_metrics(metrics_listen.host, metrics_listen.port, options["metrics"].registry)
     proxy = Proxy.from_options(upstream, **options)
     listener_tls = listener_context(ssl, certfile, keyfile)
     if gateway is not None and host is None and port is None:
