@@ -266,9 +266,7 @@ async def test_a_client_that_leaves_early_is_still_counted() -> None:
         await origin.wait_over(1)
     assert record.end == "drained" and record.tag == "research"
     assert gateway.budget.teams["research"].spent == PROMPT + 30
-    tokens = gateway.metrics.registry.get_sample_value(
-        "fastpipe_usage_tokens_total", {"route": "openai", "kind": "output"}
-    )
+    tokens = gateway.metrics.get_sample_value("fastpipe_usage_tokens_total", {"route": "openai", "kind": "output"})
     assert tokens == 30
 
 

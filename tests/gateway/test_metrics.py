@@ -36,7 +36,6 @@ from fastpipe.gateway.metrics import (
     GatewayMetrics,
     MetricsServer,
     cleanup_multiprocess,
-    metrics_exposition,
     prepare_multiprocess,
     serve_metrics,
     worker_exited,
@@ -227,14 +226,14 @@ def test_every_metric_name_label_and_value_over_http() -> None:
         **histogram("fastpipe_ttfb_seconds", "-", [0.001]),
         **histogram("fastpipe_ttfb_seconds", "ws", [0.0078125]),
     }
-    with serve_metrics("127.0.0.1", 0, metrics.registry) as server:
+    with serve_metrics("127.0.0.1", 0, metrics) as server:
         assert server.port > 0
         response = get(server.url)
         assert response.status_code == 200
         assert response.headers["content-type"] == CONTENT_TYPE
         assert int(response.headers["content-length"]) == len(response.content)
         assert parse(response.text) == expected
-        assert response.content == metrics_exposition(metrics.registry)  # nothing changed in between
+        assert response.content == metrics.render()  # nothing changed in between
     assert expected[key("fastpipe_request_duration_seconds_bucket", route="chat", le="30.0")] == 4.0  # le is <=
     assert expected[key("fastpipe_request_duration_seconds_bucket", route="ws", le="300.0")] == 0.0
 
@@ -243,7 +242,7 @@ def test_metric_families_and_types() -> None:
     metrics = GatewayMetrics()
     metrics.exchange_ended(record(usage=Usage(1, 1)))
     metrics.upstream_health("api", S1, True)
-    text = metrics_exposition(metrics.registry).decode()
+    text = metrics.render().decode()
     families = {family.name: family.type for family in text_string_to_metric_families(text)}
     assert families == {
         "fastpipe_requests": "counter",
@@ -257,7 +256,7 @@ def test_metric_families_and_types() -> None:
         "fastpipe_upstream_up": "gauge",
     }
     # Every family has its HELP and TYPE, series or not (no usage, no health: no series).
-    empty = metrics_exposition(GatewayMetrics().registry).decode().splitlines()
+    empty = GatewayMetrics().render().decode().splitlines()
     types = [line.split()[2:] for line in empty if line.startswith("# TYPE ")]
     assert types == [
         ["fastpipe_requests_total", "counter"],
@@ -319,7 +318,7 @@ def test_the_exposition_byte_for_byte() -> None:
         "# TYPE fastpipe_upstream_up gauge",
         f'fastpipe_upstream_up{{upstream="api",server="{S1}"}} 0',
     ]
-    assert metrics_exposition(metrics.registry).decode() == "\n".join(lines) + "\n"
+    assert metrics.render().decode() == "\n".join(lines) + "\n"
 
 
 def test_label_values_are_escaped() -> None:
@@ -327,7 +326,7 @@ def test_label_values_are_escaped() -> None:
     route, server = 'a\\b"c\nd', 'http://h/"x"\\'
     metrics.exchange_ended(record(route=route, upstream="é\n"))
     metrics.upstream_health("api", server, True)
-    text = metrics_exposition(metrics.registry).decode()
+    text = metrics.render().decode()
     assert 'fastpipe_requests_total{route="a\\\\b\\"c\\nd",upstream="é\\n",status_class="2xx"} 1\n' in text
     assert 'fastpipe_upstream_up{upstream="api",server="http://h/\\"x\\"\\\\"} 1\n' in text
     found = parse(text)
@@ -353,7 +352,7 @@ def test_label_values_are_escaped() -> None:
 def test_status_class(status: int | None, status_class: str) -> None:
     metrics = GatewayMetrics()
     metrics.exchange_ended(record(status=status))
-    found = parse(metrics_exposition(metrics.registry).decode())
+    found = parse(metrics.render().decode())
     requests = {labels: value for (name, labels), value in found.items() if name == "fastpipe_requests_total"}
     assert requests == {key("", route="chat", status_class=status_class, upstream="api")[1]: 1.0}
 
@@ -364,7 +363,7 @@ def test_every_end_reason_passes_through_as_is() -> None:
     for count, reason in enumerate(reasons, 1):
         for _ in range(count):
             metrics.exchange_ended(record(end=reason))
-    found = parse(metrics_exposition(metrics.registry).decode())
+    found = parse(metrics.render().decode())
     ended = {labels: value for (name, labels), value in found.items() if name == "fastpipe_exchanges_ended_total"}
     assert ended == {key("", route="chat", reason=reason)[1]: float(n) for n, reason in enumerate(reasons, 1)}
     assert found[key("fastpipe_requests_total", route="chat", upstream="api", status_class="2xx")] == 36.0
@@ -373,7 +372,7 @@ def test_every_end_reason_passes_through_as_is() -> None:
 def test_a_route_less_record_is_dash_for_route_and_upstream() -> None:
     metrics = GatewayMetrics()
     metrics.exchange_ended(record(route=None, upstream="api", status=404, end=REJECTED, usage=Usage(3, None)))
-    found = parse(metrics_exposition(metrics.registry).decode())
+    found = parse(metrics.render().decode())
     assert found[key("fastpipe_requests_total", route="-", upstream="-", status_class="4xx")] == 1.0
     assert found[key("fastpipe_usage_tokens_total", route="-", kind="input")] == 3.0
     assert not [labels for _, labels in found if ("route", "chat") in labels or ("upstream", "api") in labels]
@@ -393,7 +392,7 @@ def test_after_the_first_record_of_a_kind_no_lookup(monkeypatch: pytest.MonkeyPa
     for _ in range(3):  # same route, upstream, status and end; other sizes, times and usage
         metrics.exchange_ended(record(ttfb=0.5, duration=4.0, request_bytes=1, response_bytes=2, usage=Usage(1, 1)))
     metrics.upstream_health("api", S1, False)
-    found = parse(metrics_exposition(metrics.registry).decode())
+    found = parse(metrics.render().decode())
     assert found[key("fastpipe_requests_total", route="chat", upstream="api", status_class="2xx")] == 4.0
     assert found[key("fastpipe_request_duration_seconds_sum", route="chat")] == 14.0
     assert found[key("fastpipe_request_duration_seconds_bucket", route="chat", le="2.5")] == 1.0
@@ -412,7 +411,7 @@ def test_kinds_with_the_same_labels_share_their_series() -> None:
     metrics.exchange_ended(record(status=204, duration=1.0, usage=Usage(1, None)))
     metrics.exchange_ended(record(route=None, upstream=None, usage=Usage(2, None)))
     metrics.exchange_ended(record(route="-", upstream="-", usage=Usage(3, None)))
-    found = parse(metrics_exposition(metrics.registry).decode())
+    found = parse(metrics.render().decode())
     assert found[key("fastpipe_requests_total", route="chat", upstream="api", status_class="2xx")] == 2.0
     assert found[key("fastpipe_exchanges_ended_total", route="chat", reason="complete")] == 2.0
     assert found[key("fastpipe_request_duration_seconds_count", route="chat")] == 2.0
@@ -427,7 +426,7 @@ def test_get_sample_value() -> None:
     metrics.exchange_ended(record(duration=2.0, usage=Usage(4, None)))
     metrics.tunnel_opened()
     metrics.upstream_health("api", S1, True)
-    value = metrics.registry.get_sample_value
+    value = metrics.get_sample_value
     assert value("fastpipe_requests_total", {"route": "chat", "upstream": "api", "status_class": "2xx"}) == 1.0
     assert value("fastpipe_usage_tokens_total", {"route": "chat", "kind": "input"}) == 4.0
     assert value("fastpipe_usage_tokens_total", {"route": "chat", "kind": "output"}) == 0.0
@@ -446,7 +445,7 @@ def test_two_instances_keep_apart() -> None:
     one, two = GatewayMetrics(), GatewayMetrics()
     one.exchange_ended(record())
     one.connection_opened()
-    found = parse(metrics_exposition(two.registry).decode())
+    found = parse(two.render().decode())
     assert found == {key("fastpipe_open_connections"): 0.0, key("fastpipe_open_tunnels"): 0.0}
     assert not one.multiprocess and not two.multiprocess
 
@@ -454,7 +453,7 @@ def test_two_instances_keep_apart() -> None:
 def test_only_metrics_is_served() -> None:
     metrics = GatewayMetrics()
     metrics.connection_opened()
-    with serve_metrics("127.0.0.1", 0, metrics.registry) as server:
+    with serve_metrics("127.0.0.1", 0, metrics) as server:
         base = f"http://127.0.0.1:{server.port}"
         for path in ("/", "/metrics/", "/metricsx", "/favicon.ico", "/Metrics", "/x/metrics"):
             response = get(base + path)
@@ -464,13 +463,13 @@ def test_only_metrics_is_served() -> None:
         head = get(base + "/metrics", "HEAD")
         assert head.status_code == 200 and head.content == b""
         assert head.headers["content-type"] == CONTENT_TYPE
-        assert int(head.headers["content-length"]) == len(metrics_exposition(metrics.registry))
+        assert int(head.headers["content-length"]) == len(metrics.render())
         assert get(base + "/metrics", "POST").status_code == 501
 
 
 def test_close_stops_listening_and_is_idempotent() -> None:
     metrics = GatewayMetrics()
-    server = serve_metrics("127.0.0.1", 0, metrics.registry)
+    server = serve_metrics("127.0.0.1", 0, metrics)
     port = server.port
     assert get(server.url).status_code == 200
     server.close()
@@ -483,14 +482,14 @@ def test_a_given_port_is_used() -> None:
     with socket.socket() as probe:  # a free port, then released for the listener
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with serve_metrics("127.0.0.1", port, GatewayMetrics().registry) as server:
+    with serve_metrics("127.0.0.1", port, GatewayMetrics()) as server:
         assert server.port == port
         assert get(f"http://127.0.0.1:{port}/metrics").status_code == 200
 
 
 def test_serve_metrics_wants_exactly_one_source(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
-        serve_metrics("127.0.0.1", 0, GatewayMetrics().registry, multiprocess_dir=str(tmp_path))
+        serve_metrics("127.0.0.1", 0, GatewayMetrics(), multiprocess_dir=str(tmp_path))
     with pytest.raises(ValueError, match="needs"):
         serve_metrics("127.0.0.1", 0)
 

@@ -405,10 +405,10 @@ async def test_metrics_count_the_tokens_of_whole_and_drained_streams() -> None:
     metrics = GatewayMetrics()
 
     def tokens(kind: str) -> float | None:
-        return metrics.registry.get_sample_value("fastpipe_usage_tokens_total", {"route": "chat", "kind": kind})
+        return metrics.get_sample_value("fastpipe_usage_tokens_total", {"route": "chat", "kind": kind})
 
     def ended(reason: str) -> float | None:
-        return metrics.registry.get_sample_value("fastpipe_exchanges_ended_total", {"route": "chat", "reason": reason})
+        return metrics.get_sample_value("fastpipe_exchanges_ended_total", {"route": "chat", "reason": reason})
 
     async with llm_origin(first_delay=0.1, delay=0.02) as origin:
         async with gateway(usage_config(origin), metrics=metrics) as proxy, sdk_for(proxy) as client:

@@ -3,7 +3,7 @@
 The proxy holds one ``GatewayMetrics`` per process and calls it: ``exchange_ended(record)`` once per
 finished exchange, ``connection_opened``/``connection_closed`` per client connection,
 ``tunnel_opened``/``tunnel_closed`` per WebSocket tunnel, and ``upstream_health(group, server_url, up)``
-when a server is ejected or back. ``serve_metrics(host, port, metrics.registry)`` answers ``GET /metrics``
+when a server is ejected or back. ``serve_metrics(host, port, metrics)`` answers ``GET /metrics``
 in the Prometheus text format (version 0.0.4) from a daemon thread.
 
 ==============================================  ====================================================
@@ -117,7 +117,6 @@ __all__ = (
     "GatewayMetrics",
     "MetricsServer",
     "cleanup_multiprocess",
-    "metrics_exposition",
     "prepare_multiprocess",
     "serve_metrics",
     "worker_exited",
@@ -254,7 +253,7 @@ def _render(values: Mapping[str, Series]) -> bytes:
 
 
 class Exposition:
-    """What ``serve_metrics`` and ``metrics_exposition`` show: ``render()`` gives the text format."""
+    """What ``serve_metrics`` shows: ``render()`` gives the text format."""
 
     def _values(self) -> Values:
         raise NotImplementedError
@@ -274,12 +273,6 @@ class Exposition:
                 if sample == name and dict(zip(label_names, label_values, strict=True)) == wanted:
                     return float(value)
         return None
-
-
-def metrics_exposition(registry: Exposition) -> bytes:
-    """The metrics in the Prometheus text format (``CONTENT_TYPE``): ``GatewayMetrics.registry``'s, or
-    any ``Exposition``'s."""
-    return registry.render()
 
 
 # --- One process's numbers ---------------------------------------------------------------------------
@@ -313,11 +306,6 @@ class GatewayMetrics(Exposition):
             self._write_snapshot()  # this worker counts in the sums (gauges at 0) from now
             myself = weakref.ref(self)
             atexit.register(_write_at_exit, myself)
-
-    @property
-    def registry(self) -> GatewayMetrics:
-        """What ``serve_metrics`` and ``metrics_exposition`` take: this object, which renders itself."""
-        return self
 
     @property
     def multiprocess(self) -> bool:
@@ -688,19 +676,19 @@ class MetricsServer:
 
 
 def serve_metrics(
-    host: str, port: int, registry: Exposition | None = None, *, multiprocess_dir: str | None = None
+    host: str, port: int, metrics: Exposition | None = None, *, multiprocess_dir: str | None = None
 ) -> MetricsServer:
     """Answer ``GET /metrics`` on ``host:port`` (port 0: any free port) from a daemon thread.
 
-    It shows ``registry`` (one process: ``GatewayMetrics.registry``), or with ``multiprocess_dir`` the sum
+    It shows ``metrics`` (one process: its ``GatewayMetrics``), or with ``multiprocess_dir`` the sum
     of the workers writing there (read afresh at each scrape). Any other path is 404.
     """
     if multiprocess_dir is not None:
-        if registry is not None:
-            raise ValueError("serve_metrics shows a registry or a multiprocess directory, not both")
-        registry = _WorkerSum(multiprocess_dir)
-    elif registry is None:
-        raise ValueError("serve_metrics needs a registry or a multiprocess directory")
+        if metrics is not None:
+            raise ValueError("serve_metrics shows one process's metrics or a multiprocess directory, not both")
+        metrics = _WorkerSum(multiprocess_dir)
+    elif metrics is None:
+        raise ValueError("serve_metrics needs a process's metrics or a multiprocess directory")
     host = host.removeprefix("[").removesuffix("]")
 
     class Server(ThreadingHTTPServer):
@@ -711,7 +699,7 @@ def serve_metrics(
             TCPServer.server_bind(self)  # without HTTPServer's reverse DNS lookup of the host
             self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
-    server = Server((host, port), _handler(registry))
+    server = Server((host, port), _handler(metrics))
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="fastpipe-metrics", daemon=True
     )
@@ -719,7 +707,7 @@ def serve_metrics(
     return MetricsServer(server, thread)
 
 
-def _handler(registry: Exposition) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: Exposition) -> type[BaseHTTPRequestHandler]:
     class MetricsHandler(BaseHTTPRequestHandler):
         server_version = "fastpipe-metrics"
         timeout = 30  # seconds a connection may take to send its request
@@ -735,7 +723,7 @@ def _handler(registry: Exposition) -> type[BaseHTTPRequestHandler]:
                 self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics\n", body)
                 return
             try:
-                text = registry.render()
+                text = metrics.render()
             except Exception:
                 _log.exception("metrics: the exposition failed")
                 self._send(500, "text/plain; charset=utf-8", b"metrics failed; see the log\n", body)

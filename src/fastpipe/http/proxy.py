@@ -385,7 +385,7 @@ async def start_proxy(
     upstream is chosen and may answer with a :class:`~fastpipe.Response`; ``on_response(exchange, pipe)``
     sees the response head and the body's Pipe before the first byte goes out (``pipe.tap(observer)``,
     ``pipe.on_disconnect = DisconnectPolicy.drain(...)``). ``metrics=GatewayMetrics()`` counts into your
-    own registry; a config's ``metrics = "HOST:PORT"`` (or ``metrics_listen``, over it) serves them at
+    own object; a config's ``metrics = "HOST:PORT"`` (or ``metrics_listen``, over it) serves them at
     ``/metrics`` (in a worker of ``--workers N`` the supervisor serves the sum instead).
 
     TLS: ``ssl=context`` or ``certfile``/``keyfile`` serve clients over HTTPS. An ``https://`` upstream is
@@ -406,7 +406,7 @@ async def start_proxy(
 
         options["metrics"] = GatewayMetrics()
         if not worker_of_supervisor():  # a --workers supervisor serves the sum of its workers itself
-            served_metrics = serve_metrics(metrics_listen.host, metrics_listen.port, options["metrics"].registry)
+            served_metrics = serve_metrics(metrics_listen.host, metrics_listen.port, options["metrics"])
     proxy = Proxy.from_options(upstream, **options)
     listener_tls = listener_context(ssl, certfile, keyfile)
     if gateway is not None and host is None and port is None:
