@@ -22,6 +22,7 @@ downloads an interpreter here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -98,7 +99,11 @@ def core(session: nox.Session) -> None:
     """The Pipe, proxy and adapter tests (not the slow ones) against the compiled Pipe and the twin."""
     sdist = os.environ.get("FASTPIPE_SDIST")
     if sdist:
-        session.install(f"fastpipe[test] @ {Path(sdist).resolve().as_uri()}")
+        # The hash is part of pip's wheel-cache key: without it, a machine that built an older sdist at the
+        # same path would install that older build from its cache.
+        path = Path(sdist).resolve()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        session.install(f"fastpipe[test] @ {path.as_uri()}#sha256={digest}")
     else:
         session.install("-e", ".[test]")
     session.run(
