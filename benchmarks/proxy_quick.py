@@ -144,7 +144,7 @@ async def main():
     if metrics_port is not None:  # what `fastpipe proxy --metrics HOST:PORT` does
         from fastpipe.gateway.metrics import GatewayMetrics, serve_metrics
         options["metrics"] = GatewayMetrics()
-        serve_metrics("127.0.0.1", metrics_port, options["metrics"].registry)
+        serve_metrics("127.0.0.1", metrics_port, options["metrics"])
     await start_proxy(upstream, port=int(sys.argv[2]), **options)
     await asyncio.sleep(3600)
 uvloop.run(main())
