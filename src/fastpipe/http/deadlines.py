@@ -10,8 +10,11 @@ one sweep interval late (a quarter of the shortest timeout, at most one second).
 from __future__ import annotations
 
 import asyncio
+import sys
 from time import monotonic as _now
 from typing import Callable, Protocol
+
+from .._backend import check_fresh
 
 __all__ = ("ConnectionDeadlines", "DeadlineSweep", "HasDeadline")
 
@@ -123,3 +126,6 @@ class ConnectionDeadlines:
         stage = self.stage
         send = self.send
         self.deadline = send if send and (not stage or send < stage) else stage
+
+
+check_fresh(sys.modules[__name__])

@@ -17,7 +17,7 @@ import ssl as _ssl
 import weakref
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from ..gateway.config import GatewayConfig, ListenAddress, config_from_dict, load_config
 from ..usage import Usage, capture_usage
@@ -105,8 +105,9 @@ class Proxy:
             own["config"] = _with_limits(_loaded(config), options)
         return cls(upstream, **own)  # the file's [limits] are the connections' limits
 
-    def __call__(self) -> ProxyProtocol:
-        return ProxyProtocol(self)
+    def __call__(self) -> asyncio.Protocol:
+        # A ProxyProtocol, which is an asyncio protocol by its methods (see its docstring).
+        return cast(asyncio.Protocol, ProxyProtocol(self))
 
     def __repr__(self) -> str:
         routes = len(self.routing.routes)

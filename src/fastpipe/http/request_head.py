@@ -8,8 +8,11 @@ delegation per header). Anything the proxy must refuse raises :class:`BadRequest
 
 from __future__ import annotations
 
+import sys
+
 from httptools import parse_url
 
+from .._backend import check_fresh
 from . import headers as h
 from .limits import Limits
 
@@ -75,7 +78,8 @@ class RequestHead:
         if self.count > limits.max_header_count:
             raise BadRequest(431, f"more than {limits.max_header_count} request header fields")
         lowered = name.lower()
-        if b"_" in lowered and _drop_underscored(lowered, limits):
+        # find, not `in`: bytes.__contains__ first tries its argument as an int and pays for a TypeError
+        if lowered.find(b"_") >= 0 and _drop_underscored(lowered, limits):
             return
         kind = h.REQUEST_KINDS.get(lowered)
         parts = self.parts
@@ -214,3 +218,6 @@ def _drop_underscored(lowered: bytes, limits: Limits) -> bool:
     if not limits.underscores_in_headers:
         return True
     return lowered.replace(b"_", b"-") in h.REQUEST_KINDS
+
+
+check_fresh(sys.modules[__name__])

@@ -19,6 +19,7 @@ import inspect
 import logging
 import socket
 import struct
+import sys
 from collections import deque
 from functools import partial
 from time import monotonic as _now
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from .._backend import check_fresh
 from ..end_reason import EndReason
 from . import headers as h
 from .deadlines import ConnectionDeadlines
@@ -114,8 +116,9 @@ class _StopParsing(Exception):
     """Raised in a parser callback after a request that ends the connection: read nothing after it."""
 
 
-class ProxyProtocol(asyncio.Protocol):
-    """The protocol of one client connection of a reverse proxy.
+class ProxyProtocol:
+    """The protocol of one client connection of a reverse proxy (an asyncio protocol by its methods: the
+    compiled build makes it an extension type, which cannot derive from ``asyncio.Protocol``).
 
     Made by a :class:`~fastpipe.http.proxy.Proxy`, which holds what connections share (limits, the upstream
     pool, the deadline sweep) and is the protocol factory. To serve it yourself::
@@ -1124,3 +1127,6 @@ class ProxyProtocol(asyncio.Protocol):
                 self._fail_exchange(exchange, 503, SHUTDOWN, "the proxy is shutting down")
         if self._transport is not None and not self._lost:
             self._reset()
+
+
+check_fresh(sys.modules[__name__])

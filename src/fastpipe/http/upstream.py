@@ -18,12 +18,13 @@ import asyncio
 import logging
 import os
 import ssl
+import sys
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from .._backend import Pipe
+from .._backend import Pipe, check_fresh
 from . import headers as h
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
@@ -75,8 +76,9 @@ class _ExtraBytes(Exception):
     """Raised inside a parser callback when bytes follow a complete response."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to the upstream; serves one exchange at a time."""
+class UpstreamConnection:
+    """One connection to the upstream; serves one exchange at a time (an asyncio protocol by its methods:
+    the compiled build makes it an extension type, which cannot derive from ``asyncio.Protocol``)."""
 
     __slots__ = (
         "_body_unwanted",
@@ -698,15 +700,19 @@ class UpstreamPool:
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
+    def _new_connection(self) -> asyncio.Protocol:
+        # A protocol by its methods (see UpstreamConnection), so to the type checker too.
+        return cast(asyncio.Protocol, self._factory(self))
+
     async def _connect(self, exchange: Exchange, timeout: float) -> None:
         client = exchange.client
         tls = self.tls
         if tls is None:
-            opening = self.loop.create_connection(lambda: self._factory(self), self.host, self.port)
+            opening = self.loop.create_connection(self._new_connection, self.host, self.port)
         else:
             # The handshake is part of connecting: connect_timeout bounds both together.
             opening = self.loop.create_connection(
-                lambda: self._factory(self),
+                self._new_connection,
                 self.host,
                 self.port,
                 ssl=tls.context,
@@ -736,3 +742,6 @@ class UpstreamPool:
         for connection in list(self._all):
             connection.close()
         self._idle.clear()
+
+
+check_fresh(sys.modules[__name__])

@@ -1,0 +1,11 @@
+# The compiled build of request_head.py (Cython's pure-Python mode; see upstream.pxd): the head under
+# construction is an extension type, its per-header callback a C method.
+
+cdef class RequestHead:
+    cdef public object limits, target, parts, host, xff, connection_names, transfer_encoding, upgrade
+    cdef public Py_ssize_t content_length, size, count
+    cdef public bint connection_upgrade
+
+    cpdef reset(self)
+    cpdef tuple check(self, method, version)
+    cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)

@@ -1,0 +1,29 @@
+# The compiled build of server.py (Cython's pure-Python mode; the .py stays the one source and runs as it is
+# when FASTPIPE_NO_EXTENSIONS is set). The client connection's protocol becomes an extension type: its state
+# C fields, and the steps of each request C calls. See docs/architecture.md.
+
+from fastpipe.http.deadlines cimport ConnectionDeadlines
+from fastpipe.http.exchange cimport Exchange
+from fastpipe.http.read_gate cimport ReadGate
+from fastpipe.http.request_head cimport RequestHead
+
+cdef class ProxyProtocol:
+    cdef public object _proxy, _limits, _max_body, _loop, _parser, _transport, _peer, _forwarding
+    cdef public object _routing, _queue, _pipe, _pending_head
+    cdef public Exchange _parsing, _active, _upgrading
+    cdef public RequestHead _head
+    cdef public ReadGate _gate
+    cdef public ConnectionDeadlines deadlines
+    cdef public object _upgrade_held, _tunnel, _drain_timer, _deferred_reject, _writelines
+    cdef public Py_ssize_t _drain_left, _head_bytes
+    cdef public bint _write_paused, _lost, _draining, _in_head, _head_began, _message_ended, _lingering
+    cdef object __weakref__
+
+    cpdef _route(self, Exchange exchange, RequestHead head, method, http10, chunked)
+    cpdef _send_body(self, Exchange exchange, piece)
+    cpdef _start(self, Exchange exchange)
+    cpdef _attempt(self, Exchange exchange, link)
+    cpdef _begin(self, Exchange exchange, connection)
+    cpdef _end_attempt(self, Exchange exchange)
+    cpdef _await_head(self, Exchange exchange)
+    cpdef _finish(self, Exchange exchange, reason)

@@ -1,0 +1,37 @@
+# The compiled build of upstream.py (Cython's pure-Python mode; the .py stays the one source and runs as it
+# is when FASTPIPE_NO_EXTENSIONS is set). The connection becomes an extension type: its state C fields,
+# read and written without a dictionary, and the steps of each response C calls. See docs/architecture.md.
+
+from fastpipe.http.exchange cimport Exchange
+
+cdef int HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL
+cdef Py_ssize_t _SLICE_COPY_LIMIT
+
+cdef class UpstreamPool
+
+cdef class UpstreamConnection:
+    cdef public UpstreamPool _pool
+    cdef public object _parser, _transport, _pipe, _released_callback
+    cdef public Exchange _exchange
+    cdef public object _head_buf, _parts, _transfer_encoding, _upgrade, _drop_names
+    cdef public int _mode, _spare_fd
+    cdef public Py_ssize_t _scan, _content_length, _interim_bytes, _remaining
+    cdef public bint _interim, _message_done, _desync, _keep_alive, _reusable, _body_unwanted, _write_paused
+    cdef public bint closed, got_bytes, reused
+    cdef object __weakref__
+
+    cpdef begin(self, Exchange exchange)
+    cpdef bint _feed_parser(self, data) except -1
+    cpdef _head_piece(self, data)
+    cpdef _head_unfinished(self)
+    cpdef _body_piece(self, piece)
+    cpdef _complete(self)
+
+
+cdef class UpstreamPool:
+    cdef public object host, tls, limits, loop, _factory, _idle, _all, _connecting
+    cdef public int port
+    cdef public bint closing
+
+    cpdef acquire(self)
+    cpdef release(self, UpstreamConnection connection)

@@ -1,0 +1,124 @@
+"""The compiled request path: built and in use wherever the Pipe is, its ``.py`` under FASTPIPE_NO_EXTENSIONS,
+and a loud warning when a compiled module is older than its source."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.machinery
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import fastpipe
+from fastpipe._backend import NO_EXTENSIONS, check_fresh, is_compiled
+
+SETUP = Path(__file__).resolve().parents[2] / "setup.py"
+
+
+def request_path() -> list[str]:
+    """The modules setup.py compiles from their .py (its REQUEST_PATH)."""
+    for node in ast.parse(SETUP.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["REQUEST_PATH"]:
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no REQUEST_PATH")
+
+
+def test_every_compiled_module_has_its_declarations_beside_it() -> None:
+    names = request_path()
+    assert "fastpipe.http.server" in names and "fastpipe.http.upstream" in names
+    for name in names:
+        source = SETUP.parent / "src" / Path(*name.split("."))
+        assert source.with_suffix(".py").is_file() and source.with_suffix(".pxd").is_file(), name
+
+
+@pytest.mark.parametrize("name", request_path())
+def test_compiled_wherever_the_pipe_is_and_the_source_under_the_switch(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__file__ is not None
+    if NO_EXTENSIONS:
+        assert not is_compiled(module) and module.__file__.endswith(".py")
+    else:
+        # The Pipe's own test fails where a compiler exists and it did not build; the request path goes with it.
+        assert is_compiled(module) is fastpipe.EXTENSION, module.__file__
+        if fastpipe.EXTENSION:
+            assert module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+            for declared in cdef_classes(name):  # extension types: C fields, no instance dict
+                assert "__dict__" not in vars(getattr(module, declared)), declared
+
+
+def cdef_classes(name: str) -> list[str]:
+    pxd = (SETUP.parent / "src" / Path(*name.split("."))).with_suffix(".pxd").read_text()
+    return [line.split()[2].rstrip(":") for line in pxd.splitlines() if line.startswith("cdef class ") and ":" in line]
+
+
+SWITCHED = textwrap.dedent(
+    """
+    import asyncio, sys
+    import fastpipe._backend as backend
+    from fastpipe.http import shutdown_proxy, start_proxy, upstream
+
+    async def origin(reader, writer):
+        await reader.readuntil(b"\\r\\n\\r\\n")
+        writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nConnection: close\\r\\n\\r\\nhello")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(origin, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        proxy = await start_proxy(f"http://127.0.0.1:{port}", host="127.0.0.1", port=0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.sockets[0].getsockname()[1])
+        writer.write(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await shutdown_proxy(proxy, grace=1)
+        server.close()
+        await server.wait_closed()
+        print(upstream.__file__.rsplit("/", 1)[1], backend.is_compiled(upstream), answer.endswith(b"hello"))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_no_extensions_switch_imports_the_source_and_the_proxy_serves() -> None:
+    env = {**os.environ, "FASTPIPE_NO_EXTENSIONS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", SWITCHED], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["upstream.py", "False", "True"]
+
+
+def _fake_compiled(tmp_path: Path, source_newer: bool) -> ModuleType:
+    """A module as if loaded from a compiled ``fake.so`` beside ``fake.py`` (only its spec and file matter)."""
+    compiled, source = tmp_path / "fake.so", tmp_path / "fake.py"
+    compiled.write_bytes(b"")
+    source.write_text("")
+    now = time.time()
+    os.utime(compiled, (now, now))
+    os.utime(source, (now + 60, now + 60) if source_newer else (now - 60, now - 60))
+    module = ModuleType("fastpipe.fake")
+    module.__file__ = str(compiled)
+    module.__spec__ = importlib.machinery.ModuleSpec(
+        "fastpipe.fake", importlib.machinery.ExtensionFileLoader("fastpipe.fake", str(compiled)), origin=str(compiled)
+    )
+    return module
+
+
+def test_a_compiled_module_older_than_its_source_warns(tmp_path: Path) -> None:
+    with pytest.warns(RuntimeWarning, match=r"fake\.so is older than fake\.py.*make build"):
+        check_fresh(_fake_compiled(tmp_path, source_newer=True))
+
+
+def test_a_fresh_compiled_module_does_not_warn(tmp_path: Path) -> None:
+    module = _fake_compiled(tmp_path, source_newer=False)
+    assert is_compiled(module)
+    check_fresh(module)  # filterwarnings = error: any warning fails this test
