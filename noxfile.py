@@ -6,7 +6,8 @@
     FASTPIPE_SDIST=dist/fastpipe-0.1.0.tar.gz nox     # install that sdist instead of the checkout
 
 Each session makes a fresh venv with that interpreter, installs the package with its test extra (which
-compiles the Pipe against that interpreter's headers), checks that the compiled Pipe loaded, and runs the
+compiles the Pipe and the request path against that interpreter's headers), checks that both loaded
+compiled (with warnings as errors), and runs the
 core: the Pipe, proxy and adapter tests and the gateway's configuration and routing, less the slow ones
 and a few that spend minutes on volume rather than on what differs between versions (see CORE_LEFT_OUT),
 with the Pipe and adapter tests on asyncio's loop only. The full suite runs once, on the development
@@ -108,9 +109,12 @@ def core(session: nox.Session) -> None:
         session.install("-e", ".[test]")
     session.run(
         "python",
+        "-W",
+        "error",
         "-c",
-        "import sys, fastpipe; print('fastpipe: compiled Pipe loaded on', sys.version.split()[0]) "
-        "if fastpipe.EXTENSION else sys.exit('fastpipe: the compiled Pipe did NOT load')",
+        "import sys, fastpipe, fastpipe.http.server as server, fastpipe._backend as backend; "
+        "print('fastpipe: compiled Pipe and request path loaded on', sys.version.split()[0]) "
+        "if fastpipe.EXTENSION and backend.is_compiled(server) else sys.exit('fastpipe: NOT compiled')",
     )
     session.run(
         "python",

@@ -45,13 +45,17 @@ def is_compiled(module: ModuleType) -> bool:
 
 
 def check_fresh(module: ModuleType) -> None:
-    """Warn when a compiled module is older than its ``.py``: an edit not rebuilt (``make build``) would
-    otherwise run the old code without a word."""
+    """Warn when a module compiled in place (a source checkout, where Cython's ``.c`` sits beside it) is
+    older than its ``.py``: an edit not rebuilt (``make build``) would otherwise run the old code without a
+    word. An installed package is left alone: its files' times are those of the unpacking."""
     if not is_compiled(module) or module.__file__ is None:
         return
     compiled = Path(module.__file__)
-    source = compiled.parent / (module.__name__.rpartition(".")[2] + ".py")
-    if source.is_file() and source.stat().st_mtime > compiled.stat().st_mtime:
+    stem = module.__name__.rpartition(".")[2]
+    source = compiled.parent / (stem + ".py")
+    if not (compiled.parent / (stem + ".c")).is_file() or not source.is_file():
+        return
+    if source.stat().st_mtime > compiled.stat().st_mtime:
         warnings.warn(
             f"fastpipe: {compiled.name} is older than {source.name}; the compiled build runs the old code"
             " (rebuild with `make build` or `pip install -e .`)",

@@ -97,11 +97,14 @@ def test_no_extensions_switch_imports_the_source_and_the_proxy_serves() -> None:
     assert result.stdout.split() == ["upstream.py", "False", "True"]
 
 
-def _fake_compiled(tmp_path: Path, source_newer: bool) -> ModuleType:
-    """A module as if loaded from a compiled ``fake.so`` beside ``fake.py`` (only its spec and file matter)."""
+def _fake_compiled(tmp_path: Path, source_newer: bool, in_place: bool = True) -> ModuleType:
+    """A module as if loaded from a compiled ``fake.so`` beside ``fake.py`` (only its spec and file matter);
+    ``in_place``: built in a source checkout, Cython's ``fake.c`` beside them."""
     compiled, source = tmp_path / "fake.so", tmp_path / "fake.py"
     compiled.write_bytes(b"")
     source.write_text("")
+    if in_place:
+        (tmp_path / "fake.c").write_text("")
     now = time.time()
     os.utime(compiled, (now, now))
     os.utime(source, (now + 60, now + 60) if source_newer else (now - 60, now - 60))
@@ -122,3 +125,8 @@ def test_a_fresh_compiled_module_does_not_warn(tmp_path: Path) -> None:
     module = _fake_compiled(tmp_path, source_newer=False)
     assert is_compiled(module)
     check_fresh(module)  # filterwarnings = error: any warning fails this test
+
+
+def test_an_installed_package_is_not_judged_by_its_unpacking_times(tmp_path: Path) -> None:
+    # pip unpacks a wheel's files in name order, so fake.py can be a moment newer than fake.so there.
+    check_fresh(_fake_compiled(tmp_path, source_newer=True, in_place=False))  # warnings are errors here
