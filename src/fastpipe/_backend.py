@@ -6,7 +6,7 @@ one raises, so a bad build never ships quietly as the slow twin.
 
 The same switch covers the compiled request path: modules such as ``fastpipe/http/upstream.py`` are also
 compiled, from the same source (Cython's pure-Python mode, with a ``.pxd`` beside them), and a compiled
-module shadows its ``.py``. With the switch set, :class:`SourceFirst` makes Python import the ``.py``.
+module shadows its ``.py``. With the switch set, :class:`CompiledModules` makes Python import the ``.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,15 @@ from typing import TYPE_CHECKING, Sequence
 NO_EXTENSIONS = os.environ.get("FASTPIPE_NO_EXTENSIONS", "") not in ("", "0") or (sys.implementation.name != "cpython")
 
 
-class SourceFirst(importlib.abc.MetaPathFinder):
-    """Import a fastpipe module from its ``.py`` where a compiled build of it sits beside it."""
+class CompiledModules(importlib.abc.MetaPathFinder):
+    """How a fastpipe module with a compiled build beside its ``.py`` is imported (the compiled build would
+    shadow the ``.py``): from the ``.py`` when ``prefer_source`` (the switch is set); otherwise compiled, with
+    a warning when it was built in place (a source checkout, where Cython's ``.c`` sits beside it) and is older
+    than its ``.py``, so an edit that was not rebuilt never runs as the old code unnoticed. An installed
+    package is not judged by its files' times: they are those of the unpacking."""
+
+    def __init__(self, prefer_source: bool) -> None:
+        self.prefer_source = prefer_source
 
     def find_spec(
         self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
@@ -35,8 +42,22 @@ class SourceFirst(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
             return None
-        source = Path(spec.loader.path).parent / (name.rpartition(".")[2] + ".py")
-        return importlib.util.spec_from_file_location(name, source) if source.is_file() else None
+        compiled = Path(spec.loader.path)
+        stem = name.rpartition(".")[2]
+        source = compiled.parent / (stem + ".py")
+        if not source.is_file():
+            return None  # compiled only (the Pipe's _pipe.pyx): the usual import
+        if self.prefer_source:
+            return importlib.util.spec_from_file_location(name, source)
+        built_here = (compiled.parent / (stem + ".c")).is_file()
+        if built_here and source.stat().st_mtime > compiled.stat().st_mtime:
+            warnings.warn(
+                f"fastpipe: {compiled.name} is older than {source.name}; the compiled build runs the old code"
+                " (rebuild with `make build` or `pip install -e .`)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return spec
 
 
 def is_compiled(module: ModuleType) -> bool:
@@ -44,28 +65,8 @@ def is_compiled(module: ModuleType) -> bool:
     return isinstance(getattr(module.__spec__, "loader", None), importlib.machinery.ExtensionFileLoader)
 
 
-def check_fresh(module: ModuleType) -> None:
-    """Warn when a module compiled in place (a source checkout, where Cython's ``.c`` sits beside it) is
-    older than its ``.py``: an edit not rebuilt (``make build``) would otherwise run the old code without a
-    word. An installed package is left alone: its files' times are those of the unpacking."""
-    if not is_compiled(module) or module.__file__ is None:
-        return
-    compiled = Path(module.__file__)
-    stem = module.__name__.rpartition(".")[2]
-    source = compiled.parent / (stem + ".py")
-    if not (compiled.parent / (stem + ".c")).is_file() or not source.is_file():
-        return
-    if source.stat().st_mtime > compiled.stat().st_mtime:
-        warnings.warn(
-            f"fastpipe: {compiled.name} is older than {source.name}; the compiled build runs the old code"
-            " (rebuild with `make build` or `pip install -e .`)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-if NO_EXTENSIONS and not any(isinstance(finder, SourceFirst) for finder in sys.meta_path):
-    sys.meta_path.insert(0, SourceFirst())
+if not any(isinstance(finder, CompiledModules) for finder in sys.meta_path):
+    sys.meta_path.insert(0, CompiledModules(prefer_source=NO_EXTENSIONS))
 
 if TYPE_CHECKING:
     from ._pipe_py import Pipe, wrap
@@ -93,4 +94,4 @@ else:
     else:
         EXTENSION = True
 
-__all__ = ("EXTENSION", "NO_EXTENSIONS", "Pipe", "SourceFirst", "check_fresh", "is_compiled", "wrap")
+__all__ = ("EXTENSION", "NO_EXTENSIONS", "CompiledModules", "Pipe", "is_compiled", "wrap")

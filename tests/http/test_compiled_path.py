@@ -1,5 +1,5 @@
 """The compiled request path: built and in use wherever the Pipe is, its ``.py`` under FASTPIPE_NO_EXTENSIONS,
-and a loud warning when a compiled module is older than its source."""
+and a loud warning when a module compiled in place is older than its source."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 import fastpipe
-from fastpipe._backend import NO_EXTENSIONS, check_fresh, is_compiled
+from fastpipe._backend import NO_EXTENSIONS, CompiledModules, is_compiled
 
 SETUP = Path(__file__).resolve().parents[2] / "setup.py"
 
@@ -97,10 +96,11 @@ def test_no_extensions_switch_imports_the_source_and_the_proxy_serves() -> None:
     assert result.stdout.split() == ["upstream.py", "False", "True"]
 
 
-def _fake_compiled(tmp_path: Path, source_newer: bool, in_place: bool = True) -> ModuleType:
-    """A module as if loaded from a compiled ``fake.so`` beside ``fake.py`` (only its spec and file matter);
-    ``in_place``: built in a source checkout, Cython's ``fake.c`` beside them."""
-    compiled, source = tmp_path / "fake.so", tmp_path / "fake.py"
+def _fake_build(tmp_path: Path, source_newer: bool, in_place: bool = True) -> Path:
+    """A package directory holding ``fake.py`` and a compiled ``fake`` beside it (an empty file: only its
+    name and time matter to the finder, which never loads it); ``in_place``: Cython's ``fake.c`` there too."""
+    compiled = tmp_path / ("fake" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    source = tmp_path / "fake.py"
     compiled.write_bytes(b"")
     source.write_text("")
     if in_place:
@@ -108,25 +108,31 @@ def _fake_compiled(tmp_path: Path, source_newer: bool, in_place: bool = True) ->
     now = time.time()
     os.utime(compiled, (now, now))
     os.utime(source, (now + 60, now + 60) if source_newer else (now - 60, now - 60))
-    module = ModuleType("fastpipe.fake")
-    module.__file__ = str(compiled)
-    module.__spec__ = importlib.machinery.ModuleSpec(
-        "fastpipe.fake", importlib.machinery.ExtensionFileLoader("fastpipe.fake", str(compiled)), origin=str(compiled)
-    )
-    return module
+    return tmp_path
 
 
-def test_a_compiled_module_older_than_its_source_warns(tmp_path: Path) -> None:
-    with pytest.warns(RuntimeWarning, match=r"fake\.so is older than fake\.py.*make build"):
-        check_fresh(_fake_compiled(tmp_path, source_newer=True))
+def test_a_module_compiled_in_place_and_older_than_its_source_warns(tmp_path: Path) -> None:
+    package = _fake_build(tmp_path, source_newer=True)
+    with pytest.warns(RuntimeWarning, match=r"fake\.cpython.* is older than fake\.py.*make build"):
+        spec = CompiledModules(prefer_source=False).find_spec("fastpipe.fake", [str(package)])
+    assert spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
 
 
-def test_a_fresh_compiled_module_does_not_warn(tmp_path: Path) -> None:
-    module = _fake_compiled(tmp_path, source_newer=False)
-    assert is_compiled(module)
-    check_fresh(module)  # filterwarnings = error: any warning fails this test
+def test_a_fresh_compiled_module_is_imported_compiled_without_a_word(tmp_path: Path) -> None:
+    package = _fake_build(tmp_path, source_newer=False)
+    spec = CompiledModules(prefer_source=False).find_spec("fastpipe.fake", [str(package)])  # warnings are errors
+    assert spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
 
 
 def test_an_installed_package_is_not_judged_by_its_unpacking_times(tmp_path: Path) -> None:
-    # pip unpacks a wheel's files in name order, so fake.py can be a moment newer than fake.so there.
-    check_fresh(_fake_compiled(tmp_path, source_newer=True, in_place=False))  # warnings are errors here
+    # pip unpacks a wheel's files in name order, so fake.py can be a moment newer than the compiled file.
+    package = _fake_build(tmp_path, source_newer=True, in_place=False)
+    spec = CompiledModules(prefer_source=False).find_spec("fastpipe.fake", [str(package)])  # warnings are errors
+    assert spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+
+
+def test_the_switch_imports_the_source_of_a_compiled_module(tmp_path: Path) -> None:
+    package = _fake_build(tmp_path, source_newer=True)
+    spec = CompiledModules(prefer_source=True).find_spec("fastpipe.fake", [str(package)])
+    assert spec is not None and spec.origin == str(package / "fake.py")
+    assert CompiledModules(prefer_source=True).find_spec("other.fake", [str(package)]) is None  # fastpipe's only

@@ -10,11 +10,8 @@ one sweep interval late (a quarter of the shortest timeout, at most one second).
 from __future__ import annotations
 
 import asyncio
-import sys
 from time import monotonic as _now
 from typing import Callable, Protocol
-
-from .._backend import check_fresh
 
 __all__ = ("ConnectionDeadlines", "DeadlineSweep", "HasDeadline")
 
@@ -126,6 +123,3 @@ class ConnectionDeadlines:
         stage = self.stage
         send = self.send
         self.deadline = send if send and (not stage or send < stage) else stage
-
-
-check_fresh(sys.modules[__name__])

@@ -12,10 +12,7 @@ neither module imports the other.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Protocol
-
-from .._backend import check_fresh
 
 __all__ = ("BodyPipe", "ClientSide", "Exchange", "UpstreamSide")
 
@@ -201,6 +198,3 @@ class Exchange:
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method.decode('latin-1')} {self.target.decode('latin-1')} status={self.status}>"
-
-
-check_fresh(sys.modules[__name__])

@@ -9,10 +9,7 @@ lingering close waits, so that the client's unread bytes cannot turn the close i
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Final
-
-from .._backend import check_fresh
 
 __all__ = ("BUFFERED", "QUEUED", "UPGRADING", "UPSTREAM_FULL", "ReadGate")
 
@@ -68,6 +65,3 @@ class ReadGate:
         self._reasons = 0
         if self._transport is not None:
             self._transport.resume_reading()
-
-
-check_fresh(sys.modules[__name__])

@@ -8,11 +8,8 @@ delegation per header). Anything the proxy must refuse raises :class:`BadRequest
 
 from __future__ import annotations
 
-import sys
-
 from httptools import parse_url
 
-from .._backend import check_fresh
 from . import headers as h
 from .limits import Limits
 
@@ -218,6 +215,3 @@ def _drop_underscored(lowered: bytes, limits: Limits) -> bool:
     if not limits.underscores_in_headers:
         return True
     return lowered.replace(b"_", b"-") in h.REQUEST_KINDS
-
-
-check_fresh(sys.modules[__name__])

@@ -19,7 +19,6 @@ import inspect
 import logging
 import socket
 import struct
-import sys
 from collections import deque
 from functools import partial
 from time import monotonic as _now
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from .._backend import check_fresh
 from ..end_reason import EndReason
 from . import headers as h
 from .deadlines import ConnectionDeadlines
@@ -1127,6 +1125,3 @@ class ProxyProtocol:
                 self._fail_exchange(exchange, 503, SHUTDOWN, "the proxy is shutting down")
         if self._transport is not None and not self._lost:
             self._reset()
-
-
-check_fresh(sys.modules[__name__])

@@ -18,13 +18,12 @@ import asyncio
 import logging
 import os
 import ssl
-import sys
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Union, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from .._backend import Pipe, check_fresh
+from .._backend import Pipe
 from . import headers as h
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
@@ -742,6 +741,3 @@ class UpstreamPool:
         for connection in list(self._all):
             connection.close()
         self._idle.clear()
-
-
-check_fresh(sys.modules[__name__])
