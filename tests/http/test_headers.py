@@ -75,6 +75,64 @@ async def test_x_forwarded_headers(start: StartProxy, recording_origin: MakeReco
     assert _names(lines).count(b"x-forwarded-for") == 1
 
 
+@pytest.mark.parametrize("spell", [bytes.upper, bytes.lower, lambda name: name.swapcase()])
+async def test_names_in_any_case_are_classified_alike(
+    start: StartProxy, recording_origin: MakeRecordingOrigin, spell: object
+) -> None:
+    """The usual spellings take a shortcut past lower-casing; every other spelling must end the same."""
+    respell = spell  # bytes -> bytes
+
+    def reply(origin: RecordingOrigin, data: bytes) -> None:
+        origin.transport.write(
+            b"HTTP/1.1 200 OK\r\n"
+            + respell(b"Connection")
+            + b": X-Internal\r\nX-Internal: s\r\n"
+            + respell(b"Transfer-Encoding")
+            + b": chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+
+    port, origins = await recording_origin(reply)
+    proxy = await start(port)
+    data = await raw_exchange(
+        proxy.port,
+        b"POST / HTTP/1.1\r\n"
+        + respell(b"Host")
+        + b": front.test\r\n"
+        + respell(b"X-Forwarded-For")
+        + b": 203.0.113.7\r\n"
+        + respell(b"X-Forwarded-Proto")
+        + b": https\r\n"
+        + respell(b"Connection")
+        + b": close, X-Secret\r\nX-Secret: 1\r\n"
+        + respell(b"Keep-Alive")
+        + b": 5\r\n"
+        + respell(b"Content-Length")
+        + b": 2\r\n"
+        + respell(b"User-Agent")
+        + b": t\r\n\r\nhi",
+    )
+    lines = _request_head(origins[0])
+    names = _names(lines)
+    for hop in (b"connection", b"x-secret", b"keep-alive", b"x-forwarded-proto"):
+        assert names.count(hop) == (hop == b"x-forwarded-proto"), hop  # the proxy sets its own Proto only
+    assert b"X-Forwarded-For: 203.0.113.7, 127.0.0.1" in lines
+    assert b"X-Forwarded-Proto: http" in lines
+    assert b"Host: front.test" in lines and names.count(b"host") == 1
+    assert respell(b"Content-Length") + b": 2" in lines and origins[0].data.endswith(b"\r\n\r\nhi")
+    assert respell(b"User-Agent") + b": t" in lines
+    [response] = parse_responses(data)
+    assert response.body == b"abc"
+    assert b"x-internal" not in [name.lower() for name, _ in response.headers]
+
+
+async def test_two_hosts_in_any_spelling_are_refused(start: StartProxy, recording_origin: MakeRecordingOrigin) -> None:
+    port, origins = await recording_origin()
+    proxy = await start(port)
+    data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a.test\r\nHOST: b.test\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert not origins
+
+
 async def test_rewrite_host_sends_the_upstream_address(
     start: StartProxy, recording_origin: MakeRecordingOrigin
 ) -> None:

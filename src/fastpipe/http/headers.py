@@ -13,7 +13,10 @@ __all__ = (
     "HOP_BY_HOP",
     "PROTECTED_FROM_CONNECTION",
     "REQUEST_KINDS",
+    "REQUEST_KINDS_BY_SPELLING",
     "RESPONSE_KINDS",
+    "RESPONSE_KINDS_BY_SPELLING",
+    "STATUS_LINES",
     "Destination",
     "Forwarding",
     "connection_tokens",
@@ -26,7 +29,8 @@ __all__ = (
     "without_names",
 )
 
-# Kinds a header can have; 0 (absent from the tables) means "forward as is".
+# Kinds a header can have; FORWARD (absent from the tables) means "forward as is".
+FORWARD: Final = 0
 DROP: Final = 1  # hop-by-hop: never forwarded, nothing to remember
 CONNECTION: Final = 2  # hop-by-hop, and names more hop-by-hop headers
 TRANSFER_ENCODING: Final = 3  # hop-by-hop; the proxy frames each hop itself
@@ -60,6 +64,56 @@ REQUEST_KINDS: Final = {
     b"x-forwarded-host": X_FORWARDED_SET,
 }
 RESPONSE_KINDS: Final = dict(_COMMON)
+
+
+def _by_spelling(kinds: dict[bytes, int], forwarded: tuple[bytes, ...]) -> dict[bytes, int]:
+    """``kinds`` keyed by the spellings names usually arrive in (lower-case and Title-Case) and extended
+    with common names that are forwarded as is: most header names then need neither lower-casing nor an
+    underscore check. A name missing here is lower-cased and looked up in ``kinds``, so this table only
+    saves work; every value in it is what that slower path answers."""
+    table = {}
+    for name in (*kinds, *forwarded):
+        kind = kinds.get(name, FORWARD)
+        table[name] = kind
+        table[b"-".join(word.capitalize() for word in name.split(b"-"))] = kind
+    return table
+
+
+REQUEST_KINDS_BY_SPELLING: Final = _by_spelling(
+    REQUEST_KINDS,
+    (
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"authorization",
+        b"cache-control",
+        b"content-type",
+        b"cookie",
+        b"if-modified-since",
+        b"if-none-match",
+        b"origin",
+        b"pragma",
+        b"range",
+        b"referer",
+        b"user-agent",
+        b"x-request-id",
+    ),
+)
+RESPONSE_KINDS_BY_SPELLING: Final = _by_spelling(
+    RESPONSE_KINDS,
+    (
+        b"cache-control",
+        b"content-encoding",
+        b"content-type",
+        b"date",
+        b"etag",
+        b"last-modified",
+        b"server",
+        b"set-cookie",
+        b"vary",
+        b"x-request-id",
+    ),
+)
 
 # Connection options the parser already acts on; anything else names a header to drop.
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -122,12 +176,13 @@ def _reason(code: int) -> bytes:
         return b""
 
 
-_STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code)) for code in range(100, 600)}
+# The status lines of every valid code (status_line answers the rest)
+STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code)) for code in range(100, 600)}
 
 
 def status_line(code: int) -> bytes:
     """``HTTP/1.1 <code> <standard reason>\\r\\n``; the proxy speaks its own version to clients."""
-    line = _STATUS_LINES.get(code)
+    line = STATUS_LINES.get(code)
     if line is None:
         line = b"HTTP/1.1 %d \r\n" % code
     return line

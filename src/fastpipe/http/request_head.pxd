@@ -1,11 +1,17 @@
 # The compiled build of request_head.py (Cython's pure-Python mode; see upstream.pxd): the head under
 # construction is an extension type, its per-header callback a C method.
 
+cimport cython
+
+cdef dict _KINDS, _KINDS_BY_SPELLING
+
 cdef class RequestHead:
     cdef public object limits, target, parts, host, xff, connection_names, transfer_encoding, upgrade
-    cdef public Py_ssize_t content_length, size, count
-    cdef public bint connection_upgrade
+    cdef public Py_ssize_t content_length, size, count, max_header_count
+    cdef public bint connection_upgrade, underscores_in_headers
 
     cpdef reset(self)
+    @cython.locals(parts=list, kind=int)
+    cpdef add_header(self, bytes name, bytes value)
     cpdef tuple check(self, method, version)
     cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)

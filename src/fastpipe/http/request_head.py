@@ -11,9 +11,14 @@ from __future__ import annotations
 from httptools import parse_url
 
 from . import headers as h
+from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, HOST, TRANSFER_ENCODING, UPGRADE, X_FORWARDED_FOR
 from .limits import Limits
 
 __all__ = ("BadRequest", "RequestHead")
+
+# Module globals rather than headers.<name>: a typed C global each in the compiled build (request_head.pxd).
+_KINDS = h.REQUEST_KINDS
+_KINDS_BY_SPELLING = h.REQUEST_KINDS_BY_SPELLING
 
 
 class BadRequest(Exception):
@@ -35,16 +40,21 @@ class RequestHead:
         "count",
         "host",
         "limits",
+        "max_header_count",
         "parts",
         "size",
         "target",
         "transfer_encoding",
+        "underscores_in_headers",
         "upgrade",
         "xff",
     )
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        # copied out of the (frozen) limits: read per header, they are C fields in the compiled build
+        self.max_header_count = limits.max_header_count
+        self.underscores_in_headers = limits.underscores_in_headers
         self.reset()
 
     def reset(self) -> None:
@@ -67,35 +77,36 @@ class RequestHead:
         self.target += url
 
     def add_header(self, name: bytes, value: bytes) -> None:
-        if self.parts is None:
+        parts = self.parts
+        if parts is None:
             return  # a trailer field of a chunked body: the head is gone already, trailers are dropped
         self.size += len(name) + len(value) + 4
         self.count += 1
-        limits = self.limits
-        if self.count > limits.max_header_count:
-            raise BadRequest(431, f"more than {limits.max_header_count} request header fields")
-        lowered = name.lower()
-        # find, not `in`: bytes.__contains__ first tries its argument as an int and pays for a TypeError
-        if lowered.find(b"_") >= 0 and _drop_underscored(lowered, limits):
-            return
-        kind = h.REQUEST_KINDS.get(lowered)
-        parts = self.parts
-        if kind is None:
-            parts += (name, b": ", value, b"\r\n")
-        elif kind == h.HOST:
+        if self.count > self.max_header_count:
+            raise BadRequest(431, f"more than {self.max_header_count} request header fields")
+        kind = _KINDS_BY_SPELLING.get(name, -1)
+        if kind < 0:  # an unusual spelling: lower-cased, and checked for an underscore (never in the table)
+            lowered = name.lower()
+            # find, not `in`: bytes.__contains__ first tries its argument as an int and pays for a TypeError
+            if lowered.find(b"_") >= 0 and _drop_underscored(lowered, self.underscores_in_headers):
+                return
+            kind = _KINDS.get(lowered, FORWARD)
+        if kind == FORWARD:
+            parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == HOST:
             if self.host is not None:
                 raise BadRequest(400, "more than one Host header")
             self.host = value  # written upstream by upstream_request_head, after the route decided
-        elif kind == h.CONTENT_LENGTH:
+        elif kind == CONTENT_LENGTH:
             self.content_length = int(value)
-            parts += (name, b": ", value, b"\r\n")
-        elif kind == h.X_FORWARDED_FOR:
+            parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == X_FORWARDED_FOR:
             xff = self.xff
             self.xff = value if xff is None else xff + b", " + value
-        elif kind == h.TRANSFER_ENCODING:
+        elif kind == TRANSFER_ENCODING:
             te = self.transfer_encoding
             self.transfer_encoding = value if te is None else te + b"," + value
-        elif kind == h.CONNECTION:
+        elif kind == CONNECTION:
             try:
                 names = h.connection_tokens(value)
             except h.ConnectionNamesProtected as exc:
@@ -104,7 +115,7 @@ class RequestHead:
                 self.connection_names = (self.connection_names or []) + names
             if h.lists_upgrade(value):
                 self.connection_upgrade = True
-        elif kind == h.UPGRADE:
+        elif kind == UPGRADE:
             upgrade = self.upgrade
             self.upgrade = value if upgrade is None else upgrade + b", " + value
         # DROP and X_FORWARDED_SET: not forwarded
@@ -207,11 +218,11 @@ class RequestHead:
         return parts if names is None else h.without_names(parts, names)
 
 
-def _drop_underscored(lowered: bytes, limits: Limits) -> bool:
+def _drop_underscored(lowered: bytes, underscores_in_headers: bool) -> bool:
     """Whether a request header whose name has an underscore is dropped. CGI and WSGI fold ``_`` and ``-``
     together, so ``X_Forwarded_Proto`` would pass for the header the proxy sets: by default every such name
     is dropped (as nginx's ``underscores_in_headers off``); with ``underscores_in_headers`` only those that
     fold onto a header the proxy reads or sets."""
-    if not limits.underscores_in_headers:
+    if not underscores_in_headers:
         return True
-    return lowered.replace(b"_", b"-") in h.REQUEST_KINDS
+    return lowered.replace(b"_", b"-") in _KINDS

@@ -2,10 +2,13 @@
 # is when FASTPIPE_NO_EXTENSIONS is set). The connection becomes an extension type: its state C fields,
 # read and written without a dictionary, and the steps of each response C calls. See docs/architecture.md.
 
+cimport cython
+
 from fastpipe.http.exchange cimport Exchange
 
 cdef int HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL
 cdef Py_ssize_t _SLICE_COPY_LIMIT
+cdef dict _KINDS, _KINDS_BY_SPELLING, _STATUS_LINES
 
 cdef class UpstreamPool
 
@@ -21,6 +24,8 @@ cdef class UpstreamConnection:
     cdef object __weakref__
 
     cpdef begin(self, Exchange exchange)
+    @cython.locals(parts=list, kind=int)
+    cpdef on_header(self, bytes name, bytes value)
     cpdef bint _feed_parser(self, data) except -1
     cpdef _head_piece(self, data)
     cpdef _head_unfinished(self)

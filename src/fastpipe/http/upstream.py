@@ -25,6 +25,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .._backend import Pipe
 from . import headers as h
+from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, TRANSFER_ENCODING, UPGRADE
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
 from .writes import writelines_of
@@ -57,6 +58,10 @@ class Reading(IntEnum):
 HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL = Reading
 
 _LAST_CHUNK = b"0\r\n\r\n"
+# Module globals rather than headers.<name>: a typed C global each in the compiled build (upstream.pxd).
+_KINDS = h.RESPONSE_KINDS
+_KINDS_BY_SPELLING = h.RESPONSE_KINDS_BY_SPELLING
+_STATUS_LINES = h.STATUS_LINES
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
 
 
@@ -347,18 +352,22 @@ class UpstreamConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._mode != HEAD:
             return  # a trailer field of a chunked body: passed on (zero-copy) or dropped (copying)
-        kind = h.RESPONSE_KINDS.get(name.lower())
-        if kind is None:
-            self._parts += (name, b": ", value, b"\r\n")
-        elif kind == h.CONTENT_LENGTH:
+        kind = _KINDS_BY_SPELLING.get(name, -1)
+        if kind < 0:  # an unusual spelling (see headers.RESPONSE_KINDS_BY_SPELLING)
+            kind = _KINDS.get(name.lower(), FORWARD)
+        if kind == FORWARD:
+            parts = self._parts
+            parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == CONTENT_LENGTH:
             self._content_length = int(value)
-            self._parts += (name, b": ", value, b"\r\n")
-        elif kind == h.TRANSFER_ENCODING:
+            parts = self._parts
+            parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == TRANSFER_ENCODING:
             te = self._transfer_encoding
             self._transfer_encoding = value if te is None else te + b"," + value
-        elif kind == h.UPGRADE:
+        elif kind == UPGRADE:
             self._upgrade = value
-        elif kind == h.CONNECTION:
+        elif kind == CONNECTION:
             try:
                 names = h.connection_tokens(value)
             except h.ConnectionNamesProtected as exc:
@@ -394,7 +403,7 @@ class UpstreamConnection:
             if not exchange.http10:  # HTTP/1.0 clients must not see interim responses
                 if self._content_length >= 0:
                     parts = h.without_names(parts, [b"content-length"])  # a 1xx has no body to frame
-                parts[0] = h.status_line(status)
+                parts[0] = _STATUS_LINES[status]  # 100-599, checked above
                 parts.append(b"\r\n")
                 exchange.client.write_interim(b"".join(parts))
             return
@@ -417,7 +426,7 @@ class UpstreamConnection:
         else:
             mode = ENCODE
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts[0] = h.status_line(status)
+        parts[0] = _STATUS_LINES[status]  # 100-599, checked above
         self._keep_alive = parser.should_keep_alive()
         if not self._keep_alive and mode != UNTIL_CLOSE and mode != ENCODE and not exchange.request_done:
             # RFC 9112 §9.5: a framed answer that ends the connection before the body is in says the rest
