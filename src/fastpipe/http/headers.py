@@ -25,7 +25,6 @@ __all__ = (
     "local_response",
     "status_line",
     "tunnel_protocols",
-    "upstream_request_head",
     "without_names",
 )
 
@@ -206,64 +205,6 @@ class Destination(Protocol):
     rewrite_host: bool
     set_names: list[bytes] | None  # lower-cased names of the headers the route sets (the client's go)
     set_lines: bytes  # the route's own header lines
-
-
-def upstream_request_head(
-    parts: list[bytes],
-    *,
-    request_line: bytes,
-    drop: list[bytes] | None,
-    host: bytes | None,
-    xff: bytes | None,
-    forwarding: Forwarding,
-    destination: Destination,
-    forwarded_host: bytes | None = None,
-    chunked: bool,
-    http10: bool,
-    tunnel: bytes | None = None,
-) -> bytes:
-    """The request head for the upstream: the client's forwardable header ``parts`` (consumed, Host not
-    among them) less those Connection named (``drop``) and those the route sets, with the Host, forwarding,
-    route and framing headers of this hop. X-Forwarded-Host is ``forwarded_host`` if given (the client's Host
-    after a hook changed it), else ``host``."""
-    parts[0] = request_line
-    set_names = destination.set_names
-    if set_names is not None:
-        drop = set_names if drop is None else drop + set_names
-    if drop is not None:
-        parts = without_names(parts, drop)
-    if tunnel is not None:  # an upgrade request keeps its Connection and Upgrade (the only hop-by-hop ones)
-        parts += (b"Connection: upgrade\r\nUpgrade: ", tunnel, b"\r\n")
-    if host is None or destination.rewrite_host:
-        parts.append(destination.host_line)
-    else:
-        parts += (b"Host: ", host, b"\r\n")
-    if xff is None:
-        parts.append(forwarding.plain)
-    else:
-        parts.append(
-            b"X-Forwarded-For: "
-            + xff
-            + b", "
-            + forwarding.peer
-            + b"\r\nX-Forwarded-Proto: "
-            + forwarding.proto
-            + b"\r\n"
-        )
-    if forwarded_host is None:
-        forwarded_host = host
-    if forwarded_host is not None:
-        parts += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
-    if set_names is not None:
-        parts.append(destination.set_lines)
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    if http10:
-        # An HTTP/1.0 client cannot take a chunked response, so the upstream is asked in 1.0 too (the
-        # documented downgrade); keep-alive is still requested to keep the pool warm.
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 def local_response(

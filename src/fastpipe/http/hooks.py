@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Union
 
 from . import headers as h
+from .request_head import upstream_request_head
 
 __all__ = ("Headers", "Request", "Response", "ResponseInfo", "head_from_request", "response_bytes")
 
@@ -319,7 +320,7 @@ def head_from_request(
             items.append((name, value))
     items += framing  # headers replaced whole: the body is still framed by the client's Content-Length
     parts = parts_of(items, b"")
-    return h.upstream_request_head(
+    return upstream_request_head(
         parts,
         request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
         drop=None,

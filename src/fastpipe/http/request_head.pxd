@@ -15,3 +15,8 @@ cdef class RequestHead:
     cpdef add_header(self, bytes name, bytes value)
     cpdef tuple check(self, method, version)
     cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)
+
+cpdef bytes upstream_request_head(
+    list parts, bytes request_line, drop, host, xff, forwarding, destination, forwarded_host, bint chunked,
+    bint http10, tunnel
+)

@@ -14,7 +14,7 @@ from . import headers as h
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, HOST, TRANSFER_ENCODING, UPGRADE, X_FORWARDED_FOR
 from .limits import Limits
 
-__all__ = ("BadRequest", "RequestHead")
+__all__ = ("BadRequest", "RequestHead", "upstream_request_head")
 
 # Module globals rather than headers.<name>: a typed C global each in the compiled build (request_head.pxd).
 _KINDS = h.REQUEST_KINDS
@@ -196,17 +196,19 @@ class RequestHead:
         parts = self.parts
         assert parts is not None
         self.parts = None
-        return h.upstream_request_head(
+        request_line = method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n")
+        return upstream_request_head(
             parts,
-            request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
-            drop=self.connection_names,
-            host=self.host,
-            xff=self.xff,
-            forwarding=forwarding,
-            destination=route,
-            chunked=chunked,
-            http10=http10,
-            tunnel=tunnel,
+            request_line,
+            self.connection_names,
+            self.host,
+            self.xff,
+            forwarding,
+            route,
+            None,
+            chunked,
+            http10,
+            tunnel,
         )
 
     def take_parts(self) -> list[bytes]:
@@ -216,6 +218,56 @@ class RequestHead:
         self.parts = None
         names = self.connection_names
         return parts if names is None else h.without_names(parts, names)
+
+
+def upstream_request_head(
+    parts: list[bytes],
+    request_line: bytes,
+    drop: list[bytes] | None,
+    host: bytes | None,
+    xff: bytes | None,
+    forwarding: h.Forwarding,
+    destination: h.Destination,
+    forwarded_host: bytes | None,
+    chunked: bool,
+    http10: bool,
+    tunnel: bytes | None,
+) -> bytes:
+    """The request head for the upstream: the client's forwardable header ``parts`` (consumed, Host not
+    among them) less those Connection named (``drop``) and those the route sets, with the Host, forwarding,
+    route and framing headers of this hop. X-Forwarded-Host is ``forwarded_host`` if given (the client's Host
+    after a hook changed it), else ``host``."""
+    parts[0] = request_line
+    set_names = destination.set_names
+    if set_names is not None:
+        drop = set_names if drop is None else drop + set_names
+    if drop is not None:
+        parts = h.without_names(parts, drop)
+    if tunnel is not None:  # an upgrade request keeps its Connection and Upgrade (the only hop-by-hop ones)
+        parts.extend((b"Connection: upgrade\r\nUpgrade: ", tunnel, b"\r\n"))
+    if host is None or destination.rewrite_host:
+        parts.append(destination.host_line)
+    else:
+        parts.extend((b"Host: ", host, b"\r\n"))
+    if xff is None:
+        parts.append(forwarding.plain)
+    else:
+        parts.extend((b"X-Forwarded-For: ", xff, b", ", forwarding.peer, b"\r\nX-Forwarded-Proto: "))
+        parts.extend((forwarding.proto, b"\r\n"))
+    if forwarded_host is None:
+        forwarded_host = host
+    if forwarded_host is not None:
+        parts.extend((b"X-Forwarded-Host: ", forwarded_host, b"\r\n"))
+    if set_names is not None:
+        parts.append(destination.set_lines)
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if http10:
+        # An HTTP/1.0 client cannot take a chunked response, so the upstream is asked in 1.0 too (the
+        # documented downgrade); keep-alive is still requested to keep the pool warm.
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _drop_underscored(lowered: bytes, underscores_in_headers: bool) -> bool:
