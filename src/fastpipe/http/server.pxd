@@ -6,6 +6,7 @@ from fastpipe.http.deadlines cimport ConnectionDeadlines
 from fastpipe.http.exchange cimport Exchange
 from fastpipe.http.read_gate cimport ReadGate
 from fastpipe.http.request_head cimport RequestHead
+from fastpipe.http.upstream cimport UpstreamConnection
 
 cdef class ProxyProtocol:
     cdef public object _proxy, _limits, _max_body, _loop, _parser, _transport, _peer, _forwarding
@@ -23,7 +24,8 @@ cdef class ProxyProtocol:
     cpdef _send_body(self, Exchange exchange, piece)
     cpdef _start(self, Exchange exchange)
     cpdef _attempt(self, Exchange exchange, link)
-    cpdef _begin(self, Exchange exchange, connection)
+    cpdef _begin(self, Exchange exchange, UpstreamConnection connection)
     cpdef _end_attempt(self, Exchange exchange)
     cpdef _await_head(self, Exchange exchange)
     cpdef _finish(self, Exchange exchange, reason)
+    cpdef start_response(self, Exchange exchange, pipe, list parts, bint close_delimited)
