@@ -82,7 +82,7 @@ cdef class Pipe:
 
     def __init__(self, source, owner=None, *, on_release=None, on_disconnect=CANCEL):
         # Lazy: nothing here may touch `source`, not even an attribute lookup.
-        self._on_disconnect = check_policy(on_disconnect)
+        self._on_disconnect = on_disconnect if on_disconnect is CANCEL else check_policy(on_disconnect)
         self._source = source
         self._owner = owner
         self._on_release = on_release

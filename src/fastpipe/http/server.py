@@ -412,8 +412,11 @@ class ProxyProtocol:
         """Choose the request's route and make the head it goes upstream with (after the on_request hook,
         when there is one); a request no route takes is answered 404 here."""
         host = head.host
-        route = self._routing.match(host or b"", head.target)
-        if route is None and self._proxy.on_request is None:
+        on_request = self._proxy.on_request
+        route = self._routing.only  # a single catch-all route needs no matching (nor a call to match)
+        if route is None:
+            route = self._routing.match(host or b"", head.target)
+        if route is None and on_request is None:
             head.parts = None
             self._answer_no_route(exchange, host)
             return
@@ -425,7 +428,7 @@ class ProxyProtocol:
         if tunnel is not None:
             exchange.upgrade = tunnel
             self._upgrading = exchange
-        if route is not None and self._proxy.on_request is None:
+        if route is not None and on_request is None:
             target = route.upstream_target(head.target) if route.strip_prefix else head.target
             exchange.head = head.upstream_bytes(method, http10, chunked, self._forwarding, route, target, tunnel)
             return
