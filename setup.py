@@ -24,6 +24,7 @@ REQUEST_PATH = [
     "fastpipe.http.exchange",
     "fastpipe.http.read_gate",
     "fastpipe.http.request_head",
+    "fastpipe.http.routing",
     "fastpipe.http.server",
     "fastpipe.http.upstream",
 ]

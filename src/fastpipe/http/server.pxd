@@ -2,11 +2,14 @@
 # when FASTPIPE_NO_EXTENSIONS is set). The client connection's protocol becomes an extension type: its state
 # C fields, and the steps of each request C calls. See docs/architecture.md.
 
+cimport cython
+
 from fastpipe.http.deadlines cimport ConnectionDeadlines
 from fastpipe.http.exchange cimport Exchange
 from fastpipe.http.read_gate cimport ReadGate
 from fastpipe.http.request_head cimport RequestHead
-from fastpipe.http.upstream cimport UpstreamConnection
+from fastpipe.http.routing cimport ProxyRoute, ServerLink
+from fastpipe.http.upstream cimport UpstreamConnection, UpstreamPool
 
 cdef class ProxyProtocol:
     cdef public object _proxy, _limits, _max_body, _loop, _parser, _transport, _peer, _forwarding
@@ -20,11 +23,14 @@ cdef class ProxyProtocol:
     cdef public bint _write_paused, _lost, _draining, _in_head, _head_began, _message_ended, _lingering
     cdef object __weakref__
 
+    @cython.locals(route=ProxyRoute)
     cpdef _route(self, Exchange exchange, RequestHead head, method, http10, chunked)
     cpdef _send_body(self, Exchange exchange, piece)
     cpdef _start(self, Exchange exchange)
-    cpdef _attempt(self, Exchange exchange, link)
+    @cython.locals(route=ProxyRoute, pool=UpstreamPool)
+    cpdef _attempt(self, Exchange exchange, ServerLink link)
     cpdef _begin(self, Exchange exchange, UpstreamConnection connection)
+    @cython.locals(link=ServerLink)
     cpdef _end_attempt(self, Exchange exchange)
     cpdef _await_head(self, Exchange exchange)
     cpdef _finish(self, Exchange exchange, reason)
