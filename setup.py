@@ -20,6 +20,7 @@ TRACE = os.environ.get("FASTPIPE_CYTHON_TRACE", "") not in ("", "0")
 # Modules of the proxy's request path compiled from their .py (FASTPIPE_NO_EXTENSIONS=1 at run time imports
 # the .py instead: fastpipe/_backend.py).
 REQUEST_PATH = [
+    "fastpipe.gateway.balance",
     "fastpipe.http.deadlines",
     "fastpipe.http.exchange",
     "fastpipe.http.read_gate",

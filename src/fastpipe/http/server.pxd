@@ -4,6 +4,7 @@
 
 cimport cython
 
+from fastpipe.gateway.balance cimport Server
 from fastpipe.http.deadlines cimport ConnectionDeadlines
 from fastpipe.http.exchange cimport Exchange
 from fastpipe.http.read_gate cimport ReadGate
@@ -34,4 +35,5 @@ cdef class ProxyProtocol:
     cpdef _end_attempt(self, Exchange exchange)
     cpdef _await_head(self, Exchange exchange)
     cpdef _finish(self, Exchange exchange, reason)
+    @cython.locals(server=Server)
     cpdef start_response(self, Exchange exchange, pipe, list parts, bint close_delimited)
