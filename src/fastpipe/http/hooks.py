@@ -322,7 +322,8 @@ def head_from_request(
     parts = parts_of(items, b"")
     return upstream_request_head(
         parts,
-        request_line=method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n"),
+        method=method,
+        target=target,
         drop=None,
         host=host,
         xff=request.xff,

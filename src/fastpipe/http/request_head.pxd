@@ -17,6 +17,6 @@ cdef class RequestHead:
     cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)
 
 cpdef bytes upstream_request_head(
-    list parts, bytes request_line, drop, host, xff, forwarding, destination, forwarded_host, bint chunked,
+    list parts, bytes method, bytes target, drop, host, xff, forwarding, destination, forwarded_host, bint chunked,
     bint http10, tunnel
 )

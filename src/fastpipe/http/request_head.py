@@ -197,10 +197,10 @@ class RequestHead:
         parts = self.parts
         assert parts is not None
         self.parts = None
-        request_line = method + b" " + target + (b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n")
         return upstream_request_head(
             parts,
-            request_line,
+            method,
+            target,
             self.connection_names,
             self.host,
             self.xff,
@@ -223,7 +223,8 @@ class RequestHead:
 
 def upstream_request_head(
     parts: list[bytes],
-    request_line: bytes,
+    method: bytes,
+    target: bytes,
     drop: list[bytes] | None,
     host: bytes | None,
     xff: bytes | None,
@@ -234,16 +235,19 @@ def upstream_request_head(
     http10: bool,
     tunnel: bytes | None,
 ) -> bytes:
-    """The request head for the upstream: the client's forwardable header ``parts`` (consumed, Host not
-    among them) less those Connection named (``drop``) and those the route sets, with the Host, forwarding,
-    route and framing headers of this hop. X-Forwarded-Host is ``forwarded_host`` if given (the client's Host
-    after a hook changed it), else ``host``."""
-    parts[0] = request_line
+    """The request head for the upstream: ``method target`` in this hop's version, the client's forwardable
+    header ``parts`` (consumed; ``parts[0]`` is a placeholder, Host is not among them) less those Connection
+    named (``drop``) and those the route sets, with the Host, forwarding, route and framing headers of this
+    hop. X-Forwarded-Host is ``forwarded_host`` if given (the client's Host after a hook changed it), else
+    ``host``."""
     set_names = destination.set_names
     if set_names is not None:
         drop = set_names if drop is None else drop + set_names
     if drop is not None:
         parts = h.without_names(parts, drop)
+    # the request line as parts too: joined once with the rest, not concatenated first
+    parts[0] = method
+    parts[1:1] = (b" ", target, b" HTTP/1.0\r\n" if http10 else b" HTTP/1.1\r\n")
     if tunnel is not None:  # an upgrade request keeps its Connection and Upgrade (the only hop-by-hop ones)
         parts.extend((b"Connection: upgrade\r\nUpgrade: ", tunnel, b"\r\n"))
     if host is None or destination.rewrite_host:

@@ -905,10 +905,8 @@ class ProxyProtocol:
             self._proxy.tunnel_changed(False)
         if exchange.in_flight:
             self._end_attempt(exchange)
-        now = _now()
         if self._proxy.recording:
-            pipe = exchange.pipe
-            self._proxy.record(exchange, reason, now, self._peer, pipe)
+            self._proxy.record(exchange, reason, _now(), self._peer, exchange.pipe)
         if self._gate.paused_for(UPSTREAM_FULL):
             self._gate.resume(UPSTREAM_FULL)
         if self._lost:
