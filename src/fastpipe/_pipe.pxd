@@ -45,7 +45,8 @@ cdef class Pipe:
     cdef object _sink               # has write(chunk) and end(pipe)
     cdef object _sink_write         # bound sink.write, set once connect() has flushed the queue
     cdef object _queue              # deque of chunks waiting for an `async for` consumer (sized again in C
-                                    # when taken: cheaper than queueing (chunk, size) tuples, measured)
+                                    # when taken: cheaper than queueing (chunk, size) tuples, measured);
+                                    # None until a chunk must wait or a pull begins
     cdef Py_ssize_t _queued_bytes
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
@@ -54,6 +55,7 @@ cdef class Pipe:
 
     cdef object __weakref__
 
+    cdef int _setup(self, object source, object owner, object on_release, object on_disconnect) except -1
     cdef int _release(self) except -1
     cdef int _observe(self, object chunk) except -1
     cdef bint _still_attached(self, object observer, list dropped) except -1

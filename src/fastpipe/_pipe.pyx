@@ -82,6 +82,9 @@ cdef class Pipe:
 
     def __init__(self, source, owner=None, *, on_release=None, on_disconnect=CANCEL):
         # Lazy: nothing here may touch `source`, not even an attribute lookup.
+        self._setup(source, owner, on_release, on_disconnect)
+
+    cdef int _setup(self, object source, object owner, object on_release, object on_disconnect) except -1:
         self._on_disconnect = on_disconnect if on_disconnect is CANCEL else check_policy(on_disconnect)
         self._source = source
         self._owner = owner
@@ -89,6 +92,7 @@ cdef class Pipe:
         self._state = STATE_IDLE
         self._high_water = DEFAULT_HIGH_WATER
         self._low_water = DEFAULT_HIGH_WATER // 4
+        return 0
 
     @classmethod
     def pushed(cls, owner=None, *, producer=None, on_release=None, Py_ssize_t high_water=DEFAULT_HIGH_WATER,
@@ -97,10 +101,12 @@ cdef class Pipe:
         cdef Py_ssize_t low = high_water // 4 if low_water is None else low_water
         if not 0 <= low <= high_water:
             raise ValueError(f"need 0 <= low_water <= high_water, got {low} and {high_water}")
-        cdef Pipe pipe = Pipe(None, owner, on_release=on_release, on_disconnect=on_disconnect)
+        # One per response in the proxy: made without a call through the type and its keywords, and its
+        # queue made only when a chunk must wait in it (a pipe connected at once never queues).
+        cdef Pipe pipe = Pipe.__new__(Pipe)
+        pipe._setup(None, owner, on_release, on_disconnect)
         pipe._pushed = True
         pipe._producer = producer
-        pipe._queue = deque()
         pipe._high_water = high_water
         pipe._low_water = low
         return pipe
@@ -363,6 +369,8 @@ cdef class Pipe:
         if self._sink_write is not None:
             return self._write_to_sink(self._sink_write, chunk, size)
         self._queued_bytes += size
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(chunk)
         if self._queued_bytes > self._high_water:
             self.pause_producing()
@@ -475,7 +483,8 @@ cdef class Pipe:
         return self._end_pushed()
 
     cdef int _cancel_pushed(self) except -1:
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._queued_bytes = 0
         self._pending_end = None
         self._wake_puller()
@@ -503,6 +512,8 @@ cdef class Pipe:
             raise RuntimeError("a pipe connected to a sink cannot be pulled")
         if self._state == STATE_IDLE:
             self._state = STATE_OPEN
+        if self._queue is None:
+            self._queue = deque()  # made now, so the feeds to come append to the one this pull reads
         queue = self._queue
         while True:  # a few rounds at most: a resume or a wake-up brings a chunk or the end
             if queue:
