@@ -14,7 +14,7 @@ from fastpipe.http.upstream cimport UpstreamConnection, UpstreamPool
 
 cdef class ProxyProtocol:
     cdef public object _proxy, _limits, _max_body, _loop, _parser, _transport, _peer, _forwarding
-    cdef public object _routing, _queue, _pipe, _pending_head
+    cdef public object _routing, _queue, _pipe, _pending_head, _read, _line_read
     cdef public Exchange _parsing, _active, _upgrading
     cdef public RequestHead _head
     cdef public ReadGate _gate
@@ -27,6 +27,7 @@ cdef class ProxyProtocol:
     @cython.locals(route=ProxyRoute)
     cpdef _route(self, Exchange exchange, RequestHead head, method, http10, chunked)
     cpdef _send_body(self, Exchange exchange, piece)
+    cpdef str _request_version(self, bytes method, bytes target)
     cpdef _start(self, Exchange exchange)
     @cython.locals(route=ProxyRoute, pool=UpstreamPool)
     cpdef _attempt(self, Exchange exchange, ServerLink link)

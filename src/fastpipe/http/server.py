@@ -138,6 +138,7 @@ class ProxyProtocol:
         "_head_bytes",
         "_in_head",
         "_limits",
+        "_line_read",
         "_lingering",
         "_loop",
         "_lost",
@@ -150,6 +151,7 @@ class ProxyProtocol:
         "_pipe",
         "_proxy",
         "_queue",
+        "_read",
         "_routing",
         "_transport",
         "_tunnel",
@@ -172,6 +174,10 @@ class ProxyProtocol:
         self._forwarding = h.Forwarding(b"-", b"http")
         self._routing = proxy.routing
         self._parsing: Exchange | None = None  # the request being parsed
+        # The read being parsed, while a request may begin at its first byte; then the read the request
+        # being parsed began at the start of (for _request_version)
+        self._read: bytes | None = None
+        self._line_read: bytes | None = None
         self._active: Exchange | None = None  # the exchange being answered
         self._queue: deque[Exchange] | None = None  # parsed, waiting behind the active one
         self._pipe: Any = None  # the active response body
@@ -303,9 +309,11 @@ class ProxyProtocol:
         if self._gate.input_ended:
             return
         switching: bytes | None = None
+        self._read = data if self._parsing is None else None
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as exc:
+            self._read = None
             cause = exc.__context__
             if isinstance(cause, _StopParsing):
                 return
@@ -316,8 +324,10 @@ class ProxyProtocol:
         except HttpParserUpgrade as upgrade:
             switching = data[upgrade.args[0] :]  # handled below, outside this except: no chained context
         except HttpParserError as exc:
+            self._read = None
             self._reject(400, str(exc) or "malformed request")
             return
+        self._read = None  # (not held past this read)
         if switching is not None:
             self._upgrade_requested(switching)
             return
@@ -333,6 +343,8 @@ class ProxyProtocol:
     # -- request parser callbacks (httptools) ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._line_read = self._read
+        self._read = None  # a second request in this read begins further in
         exchange = Exchange(self)
         self._parsing = exchange
         now = _now()
@@ -351,7 +363,7 @@ class ProxyProtocol:
         parser = self._parser
         head = self._head
         method: bytes = parser.get_method()
-        http10, chunked = head.check(method, parser.get_http_version())
+        http10, chunked = head.check(method, self._request_version(method, head.target))
         exchange.method = method
         exchange.target = head.target
         exchange.http10 = http10
@@ -374,6 +386,22 @@ class ProxyProtocol:
                 self._queue = deque()
             self._queue.append(exchange)
             self._gate.pause(QUEUED)
+
+    def _request_version(self, method: bytes, target: bytes) -> str:
+        """The version of the request whose head just ended, as the parser's ``get_http_version`` says it.
+        When the request began at the start of a read, its request line is those bytes as llhttp accepted
+        them (``method SP target SP HTTP/x.y CRLF``; strict, so single spaces): 1.1 and 1.0 are read from
+        there, which saves the parser formatting a string per request. Anything else asks the parser."""
+        data = self._line_read
+        self._line_read = None
+        if data is not None and data[: len(method)] == method:
+            at = len(method) + 1 + len(target)
+            line_end = data[at : at + 11]
+            if line_end == b" HTTP/1.1\r\n":
+                return "1.1"
+            if line_end == b" HTTP/1.0\r\n":
+                return "1.0"
+        return self._parser.get_http_version()
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing

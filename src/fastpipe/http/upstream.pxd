@@ -31,6 +31,7 @@ cdef class UpstreamConnection:
     cpdef _head_unfinished(self)
     cpdef _body_piece(self, piece)
     cpdef _complete(self)
+    cpdef _drop_spare(self)
 
 
 cdef class UpstreamPool:
