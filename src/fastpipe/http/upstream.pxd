@@ -39,5 +39,6 @@ cdef class UpstreamPool:
     cdef public int port
     cdef public bint closing
 
+    @cython.locals(connection=UpstreamConnection)
     cpdef acquire(self)
     cpdef release(self, UpstreamConnection connection)
