@@ -136,6 +136,7 @@ class ProxyProtocol:
         "_head",
         "_head_began",
         "_head_bytes",
+        "_health_path",
         "_in_head",
         "_limits",
         "_line_read",
@@ -152,6 +153,7 @@ class ProxyProtocol:
         "_proxy",
         "_queue",
         "_read",
+        "_recording",
         "_routing",
         "_transport",
         "_tunnel",
@@ -173,6 +175,8 @@ class ProxyProtocol:
         self._peer = "-"
         self._forwarding = h.Forwarding(b"-", b"http")
         self._routing = proxy.routing
+        self._recording = proxy.recording  # fixed for the proxy's life, read per request
+        self._health_path = proxy.health_path
         self._parsing: Exchange | None = None  # the request being parsed
         # The read being parsed, while a request may begin at its first byte; then the read the request
         # being parsed began at the start of (for _request_version)
@@ -371,7 +375,7 @@ class ProxyProtocol:
         exchange.content_length = head.content_length
         exchange.keep_alive = parser.should_keep_alive()
         exchange.head_only = method == b"HEAD"
-        health = self._proxy.health_path
+        health = self._health_path
         if health is not None and (method == b"GET" or exchange.head_only) and head.target.split(b"?")[0] == health:
             head.parts = None  # nothing goes upstream; later fields are trailers
             self._answer_health(exchange)
@@ -672,7 +676,10 @@ class ProxyProtocol:
         """Arm the upstream timeout, which runs from the end of the request (a long upload is not slow
         to answer) to the response head; while the body still streams, the body timeout runs instead."""
         if not exchange.request_done:
-            self.deadlines.arm(_BODY)
+            if exchange.content_length > 0 or exchange.chunked or exchange.upgrade is not None:
+                self.deadlines.arm(_BODY)
+            # else the request ended with its head: on_message_complete, next in this very parse, arms
+            # the upstream stage (the header stage runs until then)
         elif exchange.pipe is None:
             self.deadlines.arm(_UPSTREAM)
         else:
@@ -756,7 +763,8 @@ class ProxyProtocol:
         exchange.client_keep_alive = keep_alive
         exchange.close_delimited = close_delimited
         exchange.status = exchange.upstream_status
-        exchange.first_byte = _now()
+        if self._recording:  # only a record reads it (its ttfb)
+            exchange.first_byte = _now()
         if self.deadlines.kind == _UPSTREAM:
             self.deadlines.arm(_NO_DEADLINE)
         server = exchange.link.server
@@ -933,7 +941,7 @@ class ProxyProtocol:
             self._proxy.tunnel_changed(False)
         if exchange.in_flight:
             self._end_attempt(exchange)
-        if self._proxy.recording:
+        if self._recording:
             self._proxy.record(exchange, reason, _now(), self._peer, exchange.pipe)
         if self._gate.paused_for(UPSTREAM_FULL):
             self._gate.resume(UPSTREAM_FULL)
@@ -987,7 +995,7 @@ class ProxyProtocol:
         active = self._active
         if rejected is not None and rejected is not active:
             rejected.status = status
-            if self._proxy.recording:
+            if self._recording:
                 self._proxy.record(rejected, REJECTED, _now(), self._peer, None)
         if active is None:
             self._send_error(status, detail)
