@@ -62,6 +62,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _KINDS = h.RESPONSE_KINDS
 _KINDS_BY_SPELLING = h.RESPONSE_KINDS_BY_SPELLING
 _STATUS_LINES = h.STATUS_LINES
+_pushed_pipe = Pipe.pushed  # one per response: looked up once
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
 
 
@@ -435,7 +436,7 @@ class UpstreamConnection:
             self._body_unwanted = True
         exchange.upstream_status = status
         exchange.chunked_body = mode == CHUNKED or mode == ENCODE
-        pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
+        pipe = _pushed_pipe(exchange, producer=self._transport, on_release=self._released_callback)
         exchange.pipe = self._pipe = pipe
         self._mode = mode
         exchange.client.start_response(exchange, pipe, parts, close_delimited)
@@ -449,7 +450,7 @@ class UpstreamConnection:
         parts += (b"Connection", b": ", b"upgrade", b"\r\n", b"Upgrade", b": ", upgrade, b"\r\n")
         self._keep_alive = False
         exchange.upstream_status = 101
-        pipe = Pipe.pushed(exchange, producer=self._transport, on_release=self._released_callback)
+        pipe = _pushed_pipe(exchange, producer=self._transport, on_release=self._released_callback)
         exchange.pipe = self._pipe = pipe
         self._mode = TUNNEL
         exchange.client.start_response(exchange, pipe, parts, True)
