@@ -52,6 +52,16 @@ def test_compiled_wherever_the_pipe_is_and_the_source_under_the_switch(name: str
                 assert "__dict__" not in vars(getattr(module, declared)), declared
 
 
+@pytest.mark.parametrize("name", request_path())
+def test_each_compiled_module_can_be_the_first_one_imported(name: str) -> None:
+    """The .pxd files cimport each other's types (a module's load imports the ones it reads); whichever of
+    them a program imports first, the others load under it without a cycle."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", f"import {name}"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def cdef_classes(name: str) -> list[str]:
     pxd = (SETUP.parent / "src" / Path(*name.split("."))).with_suffix(".pxd").read_text()
     return [line.split()[2].rstrip(":") for line in pxd.splitlines() if line.startswith("cdef class ") and ":" in line]
