@@ -6,7 +6,7 @@ cimport cython
 cdef dict _KINDS, _KINDS_BY_SPELLING
 
 cdef class RequestHead:
-    cdef public object limits, target, parts, host, xff, connection_names, transfer_encoding, upgrade
+    cdef public object target, parts, host, xff, connection_names, transfer_encoding, upgrade
     cdef public Py_ssize_t content_length, size, count, max_header_count, max_header_size
     cdef public bint connection_upgrade, underscores_in_headers
 

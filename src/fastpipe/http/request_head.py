@@ -39,7 +39,6 @@ class RequestHead:
         "content_length",
         "count",
         "host",
-        "limits",
         "max_header_count",
         "max_header_size",
         "parts",
@@ -52,8 +51,7 @@ class RequestHead:
     )
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        # copied out of the (frozen) limits: read per header, they are C fields in the compiled build
+        # what it needs of the (frozen) limits, read per header: C fields in the compiled build
         self.max_header_count = limits.max_header_count
         self.max_header_size = limits.max_header_size
         self.underscores_in_headers = limits.underscores_in_headers

@@ -317,7 +317,6 @@ class ProxyProtocol:
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as exc:
-            self._read = None
             cause = exc.__context__
             if isinstance(cause, _StopParsing):
                 return
@@ -328,10 +327,10 @@ class ProxyProtocol:
         except HttpParserUpgrade as upgrade:
             switching = data[upgrade.args[0] :]  # handled below, outside this except: no chained context
         except HttpParserError as exc:
-            self._read = None
             self._reject(400, str(exc) or "malformed request")
             return
-        self._read = None  # (not held past this read)
+        finally:
+            self._read = None  # not held past this read
         if switching is not None:
             self._upgrade_requested(switching)
             return

@@ -154,6 +154,13 @@ CASES = (
     # -- Host ------------------------------------------------------------------------------------------
     HostileCase("no-host", b"GET /h HTTP/1.1\r\n\r\n"),
     HostileCase("two-hosts", b"GET /h HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
+    # -- the same in spellings the proxy's table of usual names does not hold (they take the slow path) ---
+    HostileCase("two-hosts-other-case", b"GET /h HTTP/1.1\r\nHost: a.test\r\nHOST: b.test\r\n\r\n"),
+    HostileCase("cl-and-te-upper-case", _post(b"CONTENT-LENGTH: 6\r\nTRANSFER-ENCODING: chunked\r\n", b"0\r\n\r\nG")),
+    HostileCase(
+        "connection-names-content-length-mixed-case",
+        _post(b"cOnNeCtIoN: keep-alive, CONTENT-length\r\nContent-LENGTH: %d\r\n" % len(SMUGGLED), SMUGGLED),
+    ),
     # -- a good request, then a hostile one on the same connection -------------------------------------
     HostileCase(
         "pipelined-good-then-cl-and-te",

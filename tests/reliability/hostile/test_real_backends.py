@@ -170,6 +170,51 @@ def _header(entry: dict[str, Any], *names: str) -> list[str]:
     return [value for name, value in entry["headers"] if name.lower() in names]
 
 
+@pytest.mark.parametrize("spell", [bytes.upper, bytes.lower, bytes.swapcase], ids=["upper", "lower", "swapped"])
+async def test_no_spelling_of_a_name_lets_the_client_set_the_proxy_headers_or_strip_framing(
+    backend: Backend, spell: Any
+) -> None:
+    """The proxy knows the usual spellings of the names it acts on by a table and every other by lower-casing;
+    what the back end parses is the same for both."""
+    spoof = b"".join(
+        spell(name) + b": " + value + b"\r\n"
+        for name, value in (
+            (b"X-Forwarded-Proto", b"https"),
+            (b"X-Forwarded-Host", b"evil.test"),
+            (b"X-Forwarded-For", b"6.6.6.6"),
+            (b"Keep-Alive", b"timeout=1"),
+        )
+    )
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: backend.test\r\nX-Swallow: "
+    attack = (
+        b"POST /attack HTTP/1.1\r\nHost: backend.test\r\n"
+        + spell(b"Connection")
+        + b": "
+        + spell(b"Content-Length")
+        + b"\r\n"
+        + spell(b"Content-Length")
+        + b": %d\r\n\r\n" % len(smuggled)
+        + smuggled
+    )
+    async with proxy_to(backend) as port:
+        entry = json.loads(await get(port, b"/spelled", spoof))
+        result = await raw_exchange(port, attack)
+        assert [response.status for response in result.responses] == [400] and result.closed
+        refused = await raw_exchange(
+            port, b"GET /h HTTP/1.1\r\nHost: a.test\r\n" + spell(b"Host") + b": b.test\r\n\r\n"
+        )
+        assert [response.status for response in refused.responses] == [400]
+        echo = json.loads(await get(port, b"/victim", VICTIM))
+    assert echo["path"] == "/victim"
+    assert _header(entry, "http_x_forwarded_proto", "x-forwarded-proto") == ["http"]
+    assert _header(entry, "http_x_forwarded_host", "x-forwarded-host") == ["backend.test"]
+    assert _header(entry, "http_x_forwarded_for", "x-forwarded-for") == ["6.6.6.6, 127.0.0.1"]
+    assert _header(entry, "http_keep_alive", "keep-alive") == [], "hop-by-hop in any spelling stays on its hop"
+    assert [e["path"] for e in backend.entries()] == ["/spelled", "/victim"], (
+        f"{backend.name} parsed {backend.entries()}"
+    )
+
+
 async def test_underscore_spellings_cannot_pose_as_the_forwarding_headers(backend: Backend) -> None:
     spoof = b"X_Forwarded_Proto: https\r\nX_Forwarded_Host: evil.test\r\nX_Forwarded_For: 6.6.6.6\r\nX_Custom: 1\r\n"
     async with proxy_to(backend) as port:
