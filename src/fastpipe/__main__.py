@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -175,7 +174,9 @@ class _Settings:
 
 
 def _say(text: str) -> None:
-    print(f"fastpipe[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
+    from .http.workers import say
+
+    say("fastpipe", text)
 
 
 def _count(number: int, noun: str) -> str:

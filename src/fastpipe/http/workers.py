@@ -48,8 +48,22 @@ def _describe_exit(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+def say(who: str, text: str) -> None:
+    """One line on stderr as ``who[pid]: text``, in one write: the workers and their supervisor share the
+    stream, and a line written in pieces can be cut by another process's line."""
+    line = f"{who}[{os.getpid()}]: {text}\n"
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stderr (a captured one in tests): one write call
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        return
+    sys.stderr.flush()
+    os.write(fd, line.encode("utf-8", "replace"))
+
+
 def _say(text: str) -> None:
-    print(f"fastpipe supervisor[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
+    say("fastpipe supervisor", text)
 
 
 def run_supervisor(
