@@ -3,6 +3,8 @@
 
 cimport cython
 
+from fastpipe.http cimport joining
+
 cdef dict _KINDS, _KINDS_BY_SPELLING
 
 cdef class RequestHead:

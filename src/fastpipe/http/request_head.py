@@ -11,6 +11,7 @@ from __future__ import annotations
 from httptools import parse_url
 
 from . import headers as h
+from . import joining
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, HOST, TRANSFER_ENCODING, UPGRADE, X_FORWARDED_FOR
 from .limits import Limits
 
@@ -270,7 +271,7 @@ def upstream_request_head(
         # documented downgrade); keep-alive is still requested to keep the pool warm.
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(b"\r\n")
-    return b"".join(parts)
+    return joining.join_parts(parts)
 
 
 def _drop_underscored(lowered: bytes, underscores_in_headers: bool) -> bool:

@@ -4,6 +4,8 @@
 
 cimport cython
 
+from fastpipe.http cimport joining
+
 from fastpipe.gateway.balance cimport Server
 from fastpipe.http.deadlines cimport ConnectionDeadlines
 from fastpipe.http.exchange cimport Exchange

@@ -28,6 +28,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from ..end_reason import EndReason
 from . import headers as h
+from . import joining
 from .deadlines import ConnectionDeadlines
 from .exchange import BodyPipe, Exchange
 from .hooks import Headers, Request, Response, head_from_request, headers_of, response_bytes
@@ -771,7 +772,7 @@ class ProxyProtocol:
             exchange.link.group.succeeded(server)  # a success clears the server's failure record
         if exchange.route.usage is not None or self._proxy.observes_responses:
             self._proxy.observe_response(exchange, pipe, parts, self._peer)
-        self._pending_head = None if self._draining else b"".join(parts)
+        self._pending_head = None if self._draining else joining.join_parts(parts)
         self._pipe = pipe
         if self._draining:
             pipe.start_draining()  # the client left before this head: read on for the usage

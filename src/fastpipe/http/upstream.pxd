@@ -4,6 +4,8 @@
 
 cimport cython
 
+from fastpipe.http cimport joining
+
 from fastpipe.http.exchange cimport Exchange
 
 cdef int HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL

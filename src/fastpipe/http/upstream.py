@@ -25,6 +25,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .._backend import Pipe
 from . import headers as h
+from . import joining
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, TRANSFER_ENCODING, UPGRADE
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
@@ -406,7 +407,7 @@ class UpstreamConnection:
                     parts = h.without_names(parts, [b"content-length"])  # a 1xx has no body to frame
                 parts[0] = _STATUS_LINES[status]  # 100-599, checked above
                 parts.append(b"\r\n")
-                exchange.client.write_interim(b"".join(parts))
+                exchange.client.write_interim(joining.join_parts(parts))
             return
         self._scan = end + 4
         te = self._transfer_encoding
