@@ -4,7 +4,7 @@
 
 cdef extern from *:
     """
-    static PyObject *fastpipe_join_parts(PyObject *parts) {
+    static inline PyObject *fastpipe_join_parts(PyObject *parts) {
         Py_ssize_t count = PyList_GET_SIZE(parts), total = 0, index;
         for (index = 0; index < count; index++) {
             PyObject *part = PyList_GET_ITEM(parts, index);

@@ -3,9 +3,10 @@
 
 cimport cython
 
-from fastpipe.http cimport joining
+from fastpipe.http cimport head_scan, joining
 
 cdef dict _KINDS, _KINDS_BY_SPELLING
+cdef tuple _SPECIALS
 
 cdef class RequestHead:
     cdef public object target, parts, host, xff, connection_names, transfer_encoding, upgrade
@@ -15,6 +16,9 @@ cdef class RequestHead:
     cpdef reset(self)
     @cython.locals(parts=list, kind=int)
     cpdef add_header(self, bytes name, bytes value)
+    cpdef Py_ssize_t lean_end(self, bytes data, Py_ssize_t start)
+    @cython.locals(parts=list, fields=list, index=Py_ssize_t)
+    cpdef read(self, bytes head)
     cpdef tuple check(self, method, version)
     cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)
 

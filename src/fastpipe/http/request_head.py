@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from httptools import parse_url
 
+from . import head_scan, joining
 from . import headers as h
-from . import joining
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, HOST, TRANSFER_ENCODING, UPGRADE, X_FORWARDED_FOR
 from .limits import Limits
 
@@ -20,6 +20,7 @@ __all__ = ("BadRequest", "RequestHead", "upstream_request_head")
 # Module globals rather than headers.<name>: a typed C global each in the compiled build (request_head.pxd).
 _KINDS = h.REQUEST_KINDS
 _KINDS_BY_SPELLING = h.REQUEST_KINDS_BY_SPELLING
+_SPECIALS = tuple(_KINDS)  # the names add_header must see: all but these are forwarded as they are
 
 
 class BadRequest(Exception):
@@ -120,6 +121,27 @@ class RequestHead:
             upgrade = self.upgrade
             self.upgrade = value if upgrade is None else upgrade + b", " + value
         # DROP and X_FORWARDED_SET: not forwarded
+
+    # -- the lean parser's way in: the head read from its bytes -------------------------------------------
+
+    def lean_end(self, data: bytes, start: int) -> int:
+        """Where the next head, beginning at ``start`` of ``data``, ends if the lean parser may take it;
+        else -1 (see :func:`head_scan.lean_head_end`)."""
+        return head_scan.lean_head_end(data, start)
+
+    def read(self, head: bytes) -> None:
+        """Collect a whole head that llhttp accepted, as its per-header callbacks would have; the fields
+        forwarded unread go onto the parts in C, only the others through :meth:`add_header`."""
+        parts = self.parts
+        assert parts is not None
+        fields = head_scan.read_head(head, 0, parts, _SPECIALS, True)
+        self.target = fields[0]
+        self.count += fields[1]
+        self.size += fields[2]
+        if self.count > self.max_header_count:
+            raise BadRequest(431, f"more than {self.max_header_count} request header fields")
+        for index in range(4, len(fields), 2):
+            self.add_header(fields[index], fields[index + 1])
 
     # -- once the head is complete ----------------------------------------------------------------------
 

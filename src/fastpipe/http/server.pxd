@@ -16,7 +16,8 @@ from fastpipe.http.upstream cimport UpstreamConnection, UpstreamPool
 
 cdef class ProxyProtocol:
     cdef public object _proxy, _limits, _max_body, _loop, _parser, _transport, _peer, _forwarding
-    cdef public object _routing, _queue, _pipe, _pending_head, _read, _line_read
+    cdef public object _routing, _queue, _pipe, _pending_head, _read, _line_read, _lean, _full, _lean_head
+    cdef public Py_ssize_t _lean_body_left, _fed_at
     cdef public Exchange _parsing, _active, _upgrading
     cdef public RequestHead _head
     cdef public ReadGate _gate
@@ -31,6 +32,9 @@ cdef class ProxyProtocol:
     @cython.locals(route=ProxyRoute)
     cpdef _route(self, Exchange exchange, RequestHead head, method, http10, chunked)
     cpdef _send_body(self, Exchange exchange, piece)
+    @cython.locals(size=Py_ssize_t, at=Py_ssize_t, end=Py_ssize_t, left=Py_ssize_t, head=RequestHead, exchange=Exchange)
+    cpdef _feed(self, bytes data)
+    @cython.locals(data=bytes, at=Py_ssize_t)
     cpdef str _request_version(self, bytes method, bytes target)
     cpdef _start(self, Exchange exchange)
     @cython.locals(route=ProxyRoute, pool=UpstreamPool)

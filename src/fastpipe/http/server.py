@@ -1,8 +1,9 @@
 """The client-facing protocol: parse requests, hand each to an upstream connection, serve the response Pipe.
 
 One ``ProxyProtocol`` per client connection: the connection's state machine, top to bottom. Its hot path
-has no coroutine and no task: the request head is collected by a :class:`RequestHead` inside httptools'
-callbacks and written to a pooled upstream connection; the response body arrives through a pushed Pipe
+has no coroutine and no task: the request head is collected by a :class:`RequestHead` (from its bytes, once
+llhttp accepted them, or inside httptools' per-header callbacks: see ``_feed``) and written to a pooled
+upstream connection; the response body arrives through a pushed Pipe
 whose sink is this protocol (``write`` per chunk, ``end`` once). Flow control both ways: the client
 transport's ``pause_writing``/``resume_writing`` pause and resume the Pipe's producer (the upstream
 transport), and the upstream's write buffer pauses reading from the client (through the :class:`ReadGate`)
@@ -97,15 +98,17 @@ class ProxyContext(Protocol):
 
 
 class _ParserCallbacks:
-    """The callbacks httptools calls: the head's own methods for the URL and each header (no delegation on
-    the per-header path), the protocol's for the message's stages."""
+    """The callbacks httptools calls: the protocol's for the message's stages and, for the full parser, the
+    head's own methods for the URL and each header (no delegation on the per-header path). The lean parser
+    has none of those two, and httptools then asks llhttp for no per-header callback at all."""
 
     __slots__ = ("on_body", "on_header", "on_headers_complete", "on_message_begin", "on_message_complete", "on_url")
 
-    def __init__(self, protocol: ProxyProtocol, head: RequestHead) -> None:
+    def __init__(self, protocol: ProxyProtocol, head: RequestHead | None) -> None:
         self.on_message_begin = protocol.on_message_begin
-        self.on_url = head.add_url
-        self.on_header = head.add_header
+        if head is not None:
+            self.on_url = head.add_url
+            self.on_header = head.add_header
         self.on_headers_complete = protocol.on_headers_complete
         self.on_body = protocol.on_body
         self.on_message_complete = protocol.on_message_complete
@@ -132,13 +135,18 @@ class ProxyProtocol:
         "_drain_left",
         "_drain_timer",
         "_draining",
+        "_fed_at",
         "_forwarding",
+        "_full",
         "_gate",
         "_head",
         "_head_began",
         "_head_bytes",
         "_health_path",
         "_in_head",
+        "_lean",
+        "_lean_body_left",
+        "_lean_head",
         "_limits",
         "_line_read",
         "_lingering",
@@ -171,7 +179,14 @@ class ProxyProtocol:
         self._max_body = proxy.limits.max_body_size
         self._loop = proxy.loop
         self._head = RequestHead(proxy.limits)
-        self._parser = HttpRequestParser(_ParserCallbacks(self, self._head))
+        # Two parsers, each only ever given whole messages (see _feed): the lean one, without per-header
+        # callbacks, and the full one, made the first time a head is not for the lean one.
+        self._lean = HttpRequestParser(_ParserCallbacks(self, None))
+        self._full: HttpRequestParser | None = None
+        self._parser = self._lean  # the one parsing the current message
+        self._lean_head: bytes | None = None  # the head the lean parser is given, read at on_headers_complete
+        self._lean_body_left = 0  # of the Content-Length body of the lean parser's message
+        self._fed_at = 0  # where in the read the bytes last given to a parser begin
         self._transport: Any = None
         self._peer = "-"
         self._forwarding = h.Forwarding(b"-", b"http")
@@ -314,9 +329,9 @@ class ProxyProtocol:
         if self._gate.input_ended:
             return
         switching: bytes | None = None
-        self._read = data if self._parsing is None else None
+        self._read = None
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _StopParsing):
@@ -326,7 +341,7 @@ class ProxyProtocol:
                 return
             raise
         except HttpParserUpgrade as upgrade:
-            switching = data[upgrade.args[0] :]  # handled below, outside this except: no chained context
+            switching = data[self._fed_at + upgrade.args[0] :]  # handled below, outside this except: no chained context
         except HttpParserError as exc:
             self._reject(400, str(exc) or "malformed request")
             return
@@ -343,6 +358,60 @@ class ProxyProtocol:
                 if self._head_bytes > self._limits.max_header_size:
                     self._reject(431, "request head too large")
         self._head_began = self._message_ended = False
+
+    def _feed(self, data: bytes) -> None:
+        """Give a read to the parsers, each message whole to one of them. A head all in this read and with no
+        Transfer-Encoding goes to the lean parser alone (kept for on_headers_complete to read), then exactly
+        its Content-Length body; from the first head that is not, the rest of the read goes to the full
+        parser, which keeps the connection until a read begins between messages. (A chunked body's end is
+        known only to the parser, so no head after one could be found for the lean parser.)"""
+        size = len(data)
+        at = 0
+        lean = self._lean
+        if self._parsing is not None:
+            if self._parser is not lean:
+                self._fed_at = 0
+                self._parser.feed_data(data)
+                return
+            at = self._lean_body_left  # more of the lean parser's Content-Length body
+            self._fed_at = 0
+            if at >= size:
+                self._lean_body_left = at - size
+                lean.feed_data(data)
+                return
+            self._lean_body_left = 0
+            lean.feed_data(data[:at])
+        head = self._head
+        while at < size:
+            end = head.lean_end(data, at)
+            if end < 0:
+                piece = data if at == 0 else data[at:]
+            else:
+                piece = data if at == 0 and end == size else data[at:end]
+            self._read = piece  # a request begins at its first byte (for _request_version)
+            self._fed_at = at
+            if end < 0:
+                parser = self._full
+                if parser is None:
+                    parser = self._full = HttpRequestParser(_ParserCallbacks(self, head))
+                self._parser = parser
+                parser.feed_data(piece)
+                return
+            self._parser = lean
+            self._lean_head = piece
+            lean.feed_data(piece)
+            at = end
+            exchange = self._parsing
+            if exchange is not None:  # its Content-Length body follows
+                left = exchange.content_length
+                self._fed_at = at
+                if left >= size - at:
+                    self._lean_body_left = left - (size - at)
+                    if at < size:
+                        lean.feed_data(data[at:])
+                    return
+                lean.feed_data(data[at : at + left])
+                at += left
 
     # -- request parser callbacks (httptools) ----------------------------------------------------------
 
@@ -366,6 +435,11 @@ class ProxyProtocol:
         self._in_head = False
         parser = self._parser
         head = self._head
+        if parser is self._lean:
+            lean_head = self._lean_head
+            self._lean_head = None
+            assert lean_head is not None
+            head.read(lean_head)
         method: bytes = parser.get_method()
         http10, chunked = head.check(method, self._request_version(method, head.target))
         exchange.method = method

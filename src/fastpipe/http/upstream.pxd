@@ -4,13 +4,14 @@
 
 cimport cython
 
-from fastpipe.http cimport joining
+from fastpipe.http cimport head_scan, joining
 
 from fastpipe.http.exchange cimport Exchange
 
 cdef int HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL
 cdef Py_ssize_t _SLICE_COPY_LIMIT
 cdef dict _KINDS, _KINDS_BY_SPELLING, _STATUS_LINES
+cdef tuple _SPECIALS
 
 cdef class UpstreamPool
 
@@ -27,7 +28,9 @@ cdef class UpstreamConnection:
 
     cpdef begin(self, Exchange exchange)
     @cython.locals(parts=list, kind=int)
-    cpdef on_header(self, bytes name, bytes value)
+    cdef _add_field(self, bytes name, bytes value)
+    @cython.locals(fields=list, index=Py_ssize_t)
+    cdef Py_ssize_t _read_head(self) except -1
     cpdef bint _feed_parser(self, data) except -1
     cpdef _head_piece(self, data)
     cpdef _head_unfinished(self)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Union, cast
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from .._backend import Pipe
+from . import head_scan, joining
 from . import headers as h
-from . import joining
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, TRANSFER_ENCODING, UPGRADE
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
@@ -62,6 +62,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 # Module globals rather than headers.<name>: a typed C global each in the compiled build (upstream.pxd).
 _KINDS = h.RESPONSE_KINDS
 _KINDS_BY_SPELLING = h.RESPONSE_KINDS_BY_SPELLING
+_SPECIALS = tuple(_KINDS)  # the names _add_field must see: all but these are forwarded as they are
 _STATUS_LINES = h.STATUS_LINES
 _pushed_pipe = Pipe.pushed  # one per response: looked up once
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
@@ -351,9 +352,21 @@ class UpstreamConnection:
         self._upgrade = None
         self._drop_names = None
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._mode != HEAD:
-            return  # a trailer field of a chunked body: passed on (zero-copy) or dropped (copying)
+    def _read_head(self) -> int:
+        """Collect the fields of the head llhttp just accepted, from its bytes (CRLF line ends, so never a
+        guessed boundary); where it ends in the head buffer."""
+        try:
+            fields = head_scan.read_head(self._head_buf, self._scan, self._parts, _SPECIALS, False)
+        except ValueError:
+            raise _BadResponse("a response head llhttp accepted but the proxy cannot read") from None
+        for index in range(4, len(fields), 2):
+            self._add_field(fields[index], fields[index + 1])
+        end: int = fields[3]  # just past the blank line
+        return end
+
+    def _add_field(self, name: bytes, value: bytes) -> None:
+        """One field of the response head that the proxy reads (not a parser callback: the parser calls
+        none per header, and a chunked body's trailer fields are passed on with its bytes, or dropped)."""
         kind = _KINDS_BY_SPELLING.get(name, -1)
         if kind < 0:  # an unusual spelling (see headers.RESPONSE_KINDS_BY_SPELLING)
             kind = _KINDS.get(name.lower(), FORWARD)
@@ -384,23 +397,21 @@ class UpstreamConnection:
         assert exchange is not None
         if not 100 <= status <= 599:
             raise _BadResponse(f"upstream status {status} is outside 100-599")
-        end = self._head_buf.find(b"\r\n\r\n", self._scan)
-        if end < 0:  # llhttp insists on CRLF, so this cannot happen; never guess a boundary
-            raise _BadResponse("response head without CRLF CRLF")
+        end = self._read_head()
         parts = self._parts
         if self._drop_names is not None:
             parts = h.without_names(parts, self._drop_names)
         if status == 101:
-            self._scan = end + 4
+            self._scan = end
             self._open_tunnel(exchange, parts)
             return
         if status < 200:
             # Interim heads count against the head limit together: an origin streaming 103s forever
             # must not grow the client's buffer (or this one) without bound.
-            self._interim_bytes += end + 4 - self._scan
+            self._interim_bytes += end - self._scan
             if self._interim_bytes > self._pool.limits.max_header_size:
                 raise _BadResponse("upstream interim (1xx) responses over the head size limit")
-            self._scan = end + 4
+            self._scan = end
             self._interim = True
             if not exchange.http10:  # HTTP/1.0 clients must not see interim responses
                 if self._content_length >= 0:
@@ -409,7 +420,7 @@ class UpstreamConnection:
                 parts.append(b"\r\n")
                 exchange.client.write_interim(joining.join_parts(parts))
             return
-        self._scan = end + 4
+        self._scan = end
         te = self._transfer_encoding
         close_delimited = False
         if exchange.head_only or status == 204 or status == 304:

@@ -1,0 +1,158 @@
+# What the compiled request-path modules get for `head_scan`'s two functions when they cimport it: C
+# functions over the bytes (this module's .py is never compiled; it is the pure-Python build's, and says
+# what each returns). No byte past the end of the bytes object is ever read.
+
+cdef extern from *:
+    """
+    #include <strings.h>
+
+    static inline Py_ssize_t fastpipe_lean_head_end(PyObject *data, Py_ssize_t start) {
+        const char *base = PyBytes_AS_STRING(data), *stop = base + PyBytes_GET_SIZE(data);
+        const char *line = base + start, *cr;
+        int first = 1;
+        if (start < 0 || line >= stop || *line == '\\r' || *line == '\\n') {
+            return -1;
+        }
+        for (;;) {
+            cr = memchr(line, '\\r', stop - line);
+            if (cr == NULL || cr + 1 >= stop || cr[1] != '\\n') {
+                return -1;  /* not all here, or a CR without its LF */
+            }
+            if (!first) {
+                if (cr == line) {
+                    return cr + 2 - base;  /* the blank line */
+                }
+                if (cr - line >= 18 && (line[0] | 0x20) == 't' && strncasecmp(line, "transfer-encoding:", 18) == 0) {
+                    return -1;
+                }
+            }
+            first = 0;
+            line = cr + 2;
+        }
+    }
+
+    static inline int fastpipe_append_span(PyObject *fields, const char *at, Py_ssize_t size) {
+        PyObject *span = PyBytes_FromStringAndSize(at, size);
+        int failed;
+        if (span == NULL) {
+            return -1;
+        }
+        failed = PyList_Append(fields, span);
+        Py_DECREF(span);
+        return failed;
+    }
+
+    /* A name the proxy forwards unread: letters, digits and '-' (one letter or digit at least), and not
+       one of the lower-case specials in any case. */
+    static inline int fastpipe_forwarded_unread(const char *name, Py_ssize_t size, PyObject *specials) {
+        Py_ssize_t index;
+        int alnum = 0;
+        PyObject *special;
+        for (index = 0; index < size; index++) {
+            char c = name[index];
+            if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+                alnum = 1;
+            } else if (c != '-') {
+                return 0;
+            }
+        }
+        if (!alnum) {
+            return 0;
+        }
+        for (index = 0; index < PyTuple_GET_SIZE(specials); index++) {
+            special = PyTuple_GET_ITEM(specials, index);
+            if (PyBytes_GET_SIZE(special) == size && strncasecmp(PyBytes_AS_STRING(special), name, size) == 0) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+
+    static inline PyObject *fastpipe_read_head(PyObject *data, Py_ssize_t start, PyObject *parts, PyObject *specials, int request) {
+        const char *base = PyBytes_AS_STRING(data), *stop = base + PyBytes_GET_SIZE(data);
+        const char *at, *space, *colon, *cr, *value;
+        Py_ssize_t count = 0, size = 0, index;
+        PyObject *fields, *item;
+        static PyObject *colon_space = NULL, *crlf = NULL;  /* made once, kept for the process's life */
+        if (colon_space == NULL && (colon_space = PyBytes_FromString(": ")) == NULL) {
+            return NULL;
+        }
+        if (crlf == NULL && (crlf = PyBytes_FromString("\\r\\n")) == NULL) {
+            return NULL;
+        }
+        if (start < 0 || start > stop - base) {
+            PyErr_SetString(PyExc_ValueError, "start outside the bytes");
+            return NULL;
+        }
+        if ((fields = PyList_New(4)) == NULL) {
+            return NULL;
+        }
+        for (index = 0; index < 4; index++) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(fields, index, Py_None);
+        }
+        for (at = base + start; at < stop && (*at == '\\r' || *at == '\\n'); at++) {
+        }
+        cr = memchr(at, '\\r', stop - at);  /* the start line's end */
+        if (cr == NULL) {
+            goto malformed;
+        }
+        if (request) {
+            space = memchr(at, ' ', cr - at);  /* after the method */
+            if (space == NULL) {
+                goto malformed;
+            }
+            for (at = space; at < cr && *at == ' '; at++) {
+            }
+            space = memchr(at, ' ', cr - at);  /* after the target, if a version follows */
+            if ((item = PyBytes_FromStringAndSize(at, (space == NULL ? cr : space) - at)) == NULL) {
+                goto failed;
+            }
+            PyList_SetItem(fields, 0, item);
+        }
+        for (at = cr + 2; at < stop && *at != '\\r'; at = cr + 2) {
+            colon = memchr(at, ':', stop - at);
+            cr = colon == NULL ? NULL : memchr(colon, '\\r', stop - colon);
+            if (cr == NULL) {
+                goto malformed;
+            }
+            for (value = colon + 1; value < cr && (*value == ' ' || *value == '\\t'); value++) {
+            }
+            if (fastpipe_forwarded_unread(at, colon - at, specials)) {
+                if (fastpipe_append_span(parts, at, colon - at) < 0
+                    || PyList_Append(parts, colon_space) < 0
+                    || fastpipe_append_span(parts, value, cr - value) < 0
+                    || PyList_Append(parts, crlf) < 0) {
+                    goto failed;
+                }
+                count += 1;
+                size += (colon - at) + (cr - value) + 4;
+            } else if (fastpipe_append_span(fields, at, colon - at) < 0 || fastpipe_append_span(fields, value, cr - value) < 0) {
+                goto failed;
+            }
+        }
+        if (at + 1 >= stop || at[1] != '\\n') {
+            goto malformed;  /* no blank line */
+        }
+        if ((item = PyLong_FromSsize_t(count)) == NULL) {
+            goto failed;
+        }
+        PyList_SetItem(fields, 1, item);
+        if ((item = PyLong_FromSsize_t(size)) == NULL) {
+            goto failed;
+        }
+        PyList_SetItem(fields, 2, item);
+        if ((item = PyLong_FromSsize_t(at + 2 - base)) == NULL) {
+            goto failed;
+        }
+        PyList_SetItem(fields, 3, item);
+        return fields;
+    malformed:
+        PyErr_SetString(PyExc_ValueError, "not a head llhttp accepted");
+    failed:
+        Py_DECREF(fields);
+        return NULL;
+    }
+    """
+    Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
+    list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request)
