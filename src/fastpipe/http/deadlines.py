@@ -10,8 +10,9 @@ one sweep interval late (a quarter of the shortest timeout, at most one second).
 from __future__ import annotations
 
 import asyncio
-from time import monotonic as _now
 from typing import Callable, Protocol
+
+from . import clock
 
 __all__ = ("ConnectionDeadlines", "DeadlineSweep", "HasDeadline")
 
@@ -52,7 +53,7 @@ class DeadlineSweep:
 
     def _sweep(self) -> None:
         self._handle = None
-        now = _now()
+        now = clock.monotonic()
         expired = [member for member in self._members if 0.0 < member.deadline <= now]
         for member in expired:
             member.deadline = 0.0
@@ -86,14 +87,14 @@ class ConnectionDeadlines:
     def arm(self, kind: int, now: float = 0.0) -> None:
         """Wait for stage ``kind``: its timeout from ``now`` (kind 0 waits for nothing)."""
         self.kind = kind
-        stage = self.stage = (now or _now()) + self.timeouts[kind] if kind else 0.0
+        stage = self.stage = (now or clock.monotonic()) + self.timeouts[kind] if kind else 0.0
         send = self.send
         self.deadline = send if send and (not stage or send < stage) else stage
 
     def arm_send(self, seconds: float) -> None:
         """Start the send deadline unless it runs already."""
         if not self.send:
-            self.send = _now() + seconds
+            self.send = clock.monotonic() + seconds
             self._sync()
 
     def disarm_send(self) -> None:

@@ -4,7 +4,7 @@
 
 cimport cython
 
-from fastpipe.http cimport joining
+from fastpipe.http cimport clock, joining
 
 from fastpipe.gateway.balance cimport Server
 from fastpipe.http.deadlines cimport ConnectionDeadlines

@@ -22,14 +22,13 @@ import socket
 import struct
 from collections import deque
 from functools import partial
-from time import monotonic as _now
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from ..end_reason import EndReason
+from . import clock, joining
 from . import headers as h
-from . import joining
 from .deadlines import ConnectionDeadlines
 from .exchange import BodyPipe, Exchange
 from .hooks import Headers, Request, Response, head_from_request, headers_of, response_bytes
@@ -420,7 +419,7 @@ class ProxyProtocol:
         self._read = None  # a second request in this read begins further in
         exchange = Exchange(self)
         self._parsing = exchange
-        now = _now()
+        now = clock.monotonic()
         exchange.started = now
         self._head.reset()
         self._in_head = True
@@ -597,7 +596,7 @@ class ProxyProtocol:
     def _answer_locally(self, exchange: Exchange) -> None:
         """Send the response the proxy made itself (health, 404, a hook's Response)."""
         exchange.client_keep_alive = exchange.keep_alive
-        exchange.first_byte = _now()
+        exchange.first_byte = clock.monotonic()
         exchange.body_pending = None  # a body that arrived before the answer goes nowhere
         if self._gate.paused_for(BUFFERED):
             self._gate.resume(BUFFERED)
@@ -838,7 +837,7 @@ class ProxyProtocol:
         exchange.close_delimited = close_delimited
         exchange.status = exchange.upstream_status
         if self._recording:  # only a record reads it (its ttfb)
-            exchange.first_byte = _now()
+            exchange.first_byte = clock.monotonic()
         if self.deadlines.kind == _UPSTREAM:
             self.deadlines.arm(_NO_DEADLINE)
         server = exchange.link.server
@@ -1016,7 +1015,7 @@ class ProxyProtocol:
         if exchange.in_flight:
             self._end_attempt(exchange)
         if self._recording:
-            self._proxy.record(exchange, reason, _now(), self._peer, exchange.pipe)
+            self._proxy.record(exchange, reason, clock.monotonic(), self._peer, exchange.pipe)
         if self._gate.paused_for(UPSTREAM_FULL):
             self._gate.resume(UPSTREAM_FULL)
         if self._lost:
@@ -1070,7 +1069,7 @@ class ProxyProtocol:
         if rejected is not None and rejected is not active:
             rejected.status = status
             if self._recording:
-                self._proxy.record(rejected, REJECTED, _now(), self._peer, None)
+                self._proxy.record(rejected, REJECTED, clock.monotonic(), self._peer, None)
         if active is None:
             self._send_error(status, detail)
         elif active is rejected:
