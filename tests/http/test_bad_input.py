@@ -42,8 +42,11 @@ async def _refused(
         b"GET / HTTP/1.1\r\nHost: t\r\nX: folded\r\n continued\r\n\r\n",
         b"GET / HTTP/1.1\nHost: t\n\n",  # bare LF
         b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        # llhttp takes lengths up to 2**64 - 1; more than 2**63 - 1 was a fatal error in the compiled build
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 9223372036854775808\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 18446744073709551615\r\n\r\nab",
     ],
-    ids=["garbage", "no-colon", "no-host", "two-hosts", "obs-fold", "bare-lf", "te-in-http10"],
+    ids=["garbage", "no-colon", "no-host", "two-hosts", "obs-fold", "bare-lf", "te-in-http10", "cl-2e63", "cl-2e64-1"],
 )
 async def test_malformed_request_is_400(
     start: StartProxy, recording_origin: MakeRecordingOrigin, request_bytes: bytes

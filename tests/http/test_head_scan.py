@@ -307,3 +307,17 @@ async def test_the_proxy_forwards_response_fields_as_httptools_reads_them(
     sent = [field for field in _response_fields(head + b"hello") if field[0].lower() not in hop_by_hop]
     got = [field for field in response.headers if field[0].lower() != b"connection"]
     assert sorted(got, key=lambda field: field[0].lower()) == sorted(sent, key=lambda field: field[0].lower())
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_content_length_is_read_as_a_number_or_refused_as_too_large(build: str) -> None:
+    head = BUILDS[build].RequestHead(Limits())
+    readings = [(b"0", 0), (b"05", 5), (b"7 \t", 7), (b"0" * 30 + b"9", 9), (b"9223372036854775807", 2**63 - 1)]
+    for value, length in readings:
+        head.reset()
+        head.add_header(b"Content-Length", value)
+        assert head.content_length == length, value
+    for value in (b"9223372036854775808", b"18446744073709551615"):
+        head.reset()
+        with pytest.raises(BUILDS[build].BadRequest, match="Content-Length too large"):
+            head.add_header(b"Content-Length", value)

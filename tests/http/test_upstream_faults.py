@@ -108,6 +108,21 @@ async def test_malformed_upstream_response_is_502(start: StartProxy, recording_o
     assert data.startswith(b"HTTP/1.1 502")
 
 
+@pytest.mark.parametrize("length", [b"9223372036854775808", b"18446744073709551615"])
+async def test_a_response_length_past_what_the_proxy_counts_is_502(
+    start: StartProxy, recording_origin: MakeRecordingOrigin, length: bytes
+) -> None:
+    """llhttp takes lengths up to 2**64 - 1; the proxy counts a body in a Py_ssize_t."""
+
+    def reply(origin: RecordingOrigin, data: bytes) -> None:
+        origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nab")
+
+    port, _ = await recording_origin(reply)
+    proxy = await start(port)
+    data = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 502") and b"Content-Length too large" in data
+
+
 async def test_upstream_closing_without_answer_is_502(start: StartProxy, recording_origin: MakeRecordingOrigin) -> None:
     def reply(origin: RecordingOrigin, data: bytes) -> None:
         origin.transport.close()

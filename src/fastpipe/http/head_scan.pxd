@@ -153,6 +153,26 @@ cdef extern from *:
         Py_DECREF(fields);
         return NULL;
     }
+
+    /* A Content-Length value llhttp accepted (digits, perhaps whitespace after them) as a number; -1 when
+       it is more than a Py_ssize_t holds (llhttp takes up to 2**64 - 1) or, which llhttp prevents, not that. */
+    static inline Py_ssize_t fastpipe_content_length(PyObject *value) {
+        const char *at = PyBytes_AS_STRING(value), *stop = at + PyBytes_GET_SIZE(value), *digits = at;
+        Py_ssize_t length = 0;
+        for (; at < stop && *at >= '0' && *at <= '9'; at++) {
+            if (length > (PY_SSIZE_T_MAX - (*at - '0')) / 10) {
+                return -1;
+            }
+            length = length * 10 + (*at - '0');
+        }
+        if (at == digits) {
+            return -1;
+        }
+        for (; at < stop && (*at == ' ' || *at == '\\t'); at++) {
+        }
+        return at == stop ? length : -1;
+    }
     """
     Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
+    Py_ssize_t content_length "fastpipe_content_length"(bytes value)
     list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request)

@@ -10,7 +10,9 @@ and the tests hold each to the other and to httptools' callbacks.
 
 from __future__ import annotations
 
-__all__ = ("lean_head_end", "read_head")
+import sys
+
+__all__ = ("content_length", "lean_head_end", "read_head")
 
 _TRANSFER_ENCODING = b"transfer-encoding:"
 
@@ -63,3 +65,13 @@ def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes
         else:
             fields += (name, value)
     return fields
+
+
+def content_length(value: bytes) -> int:
+    """A Content-Length value llhttp accepted (digits, perhaps whitespace after them) as a number; -1 when
+    it is more than the compiled build's C integers hold (llhttp takes up to 2**64 - 1), or not that."""
+    try:
+        length = int(value)
+    except ValueError:
+        return -1
+    return length if 0 <= length <= sys.maxsize and value[:1].isdigit() else -1

@@ -9,12 +9,13 @@ cdef dict _KINDS, _KINDS_BY_SPELLING
 cdef tuple _SPECIALS
 
 cdef class RequestHead:
-    cdef public object target, parts, host, xff, connection_names, transfer_encoding, upgrade
+    cdef public bytes target
+    cdef public object parts, host, xff, connection_names, transfer_encoding, upgrade
     cdef public Py_ssize_t content_length, size, count, max_header_count, max_header_size
     cdef public bint connection_upgrade, underscores_in_headers
 
     cpdef reset(self)
-    @cython.locals(parts=list, kind=int)
+    @cython.locals(parts=list, kind=int, length=Py_ssize_t)
     cpdef add_header(self, bytes name, bytes value)
     cpdef Py_ssize_t lean_end(self, bytes data, Py_ssize_t start)
     @cython.locals(parts=list, fields=list, index=Py_ssize_t)

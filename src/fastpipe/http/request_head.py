@@ -100,7 +100,10 @@ class RequestHead:
                 raise BadRequest(400, "more than one Host header")
             self.host = value  # written upstream by upstream_request_head, after the route decided
         elif kind == CONTENT_LENGTH:
-            self.content_length = int(value)
+            length = head_scan.content_length(value)
+            if length < 0:
+                raise BadRequest(400, "Content-Length too large")
+            self.content_length = length
             parts.extend((name, b": ", value, b"\r\n"))
         elif kind == X_FORWARDED_FOR:
             xff = self.xff

@@ -27,11 +27,12 @@ cdef class UpstreamConnection:
     cdef object __weakref__
 
     cpdef begin(self, Exchange exchange)
-    @cython.locals(parts=list, kind=int)
+    @cython.locals(parts=list, kind=int, length=Py_ssize_t)
     cdef _add_field(self, bytes name, bytes value)
     @cython.locals(fields=list, index=Py_ssize_t)
     cdef Py_ssize_t _read_head(self) except -1
     cpdef bint _feed_parser(self, data) except -1
+    @cython.locals(buf=bytes, scan=Py_ssize_t, rest=Py_ssize_t)
     cpdef _head_piece(self, data)
     cpdef _head_unfinished(self)
     cpdef _body_piece(self, piece)

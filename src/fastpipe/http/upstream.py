@@ -374,7 +374,10 @@ class UpstreamConnection:
             parts = self._parts
             parts.extend((name, b": ", value, b"\r\n"))
         elif kind == CONTENT_LENGTH:
-            self._content_length = int(value)
+            length = head_scan.content_length(value)
+            if length < 0:
+                raise _BadResponse("upstream Content-Length too large")
+            self._content_length = length
             parts = self._parts
             parts.extend((name, b": ", value, b"\r\n"))
         elif kind == TRANSFER_ENCODING:
