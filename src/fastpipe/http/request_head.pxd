@@ -4,6 +4,7 @@
 cimport cython
 
 from fastpipe.http cimport head_scan, joining
+from fastpipe.http.routing cimport ProxyRoute
 
 cdef dict _KINDS, _KINDS_BY_SPELLING
 cdef tuple _SPECIALS
@@ -24,6 +25,6 @@ cdef class RequestHead:
     cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)
 
 cpdef bytes upstream_request_head(
-    list parts, bytes method, bytes target, drop, host, xff, forwarding, destination, forwarded_host, bint chunked,
-    bint http10, tunnel
+    list parts, bytes method, bytes target, drop, host, xff, forwarding, ProxyRoute destination, forwarded_host,
+    bint chunked, bint http10, tunnel
 )

@@ -25,7 +25,9 @@ cdef class ProxyProtocol:
     cdef public object _upgrade_held, _tunnel, _drain_timer, _deferred_reject, _writelines
     cdef public Py_ssize_t _drain_left, _head_bytes
     cdef public object _health_path
-    cdef public bint _recording
+    cdef public bint _recording, _observes_responses
+    cdef public object _on_request
+    cdef public ProxyRoute _only_route
     cdef public bint _write_paused, _lost, _draining, _in_head, _head_began, _message_ended, _lingering
     cdef object __weakref__
 

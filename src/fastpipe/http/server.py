@@ -153,6 +153,9 @@ class ProxyProtocol:
         "_lost",
         "_max_body",
         "_message_ended",
+        "_observes_responses",
+        "_on_request",
+        "_only_route",
         "_parser",
         "_parsing",
         "_peer",
@@ -190,7 +193,11 @@ class ProxyProtocol:
         self._peer = "-"
         self._forwarding = h.Forwarding(b"-", b"http")
         self._routing = proxy.routing
-        self._recording = proxy.recording  # fixed for the proxy's life, read per request
+        # fixed for the proxy's life, read per request
+        self._recording = proxy.recording
+        self._on_request = proxy.on_request
+        self._observes_responses = proxy.observes_responses
+        self._only_route = proxy.routing.only
         self._health_path = proxy.health_path
         self._parsing: Exchange | None = None  # the request being parsed
         # The read being parsed, while a request may begin at its first byte; then the read the request
@@ -517,8 +524,8 @@ class ProxyProtocol:
         """Choose the request's route and make the head it goes upstream with (after the on_request hook,
         when there is one); a request no route takes is answered 404 here."""
         host = head.host
-        on_request = self._proxy.on_request
-        route = self._routing.only  # a single catch-all route needs no matching (nor a call to match)
+        on_request = self._on_request
+        route = self._only_route  # a single catch-all route needs no matching (nor a call to match)
         if route is None:
             route = self._routing.match(host or b"", head.target)
         if route is None and on_request is None:
@@ -619,7 +626,7 @@ class ProxyProtocol:
 
     def _run_request_hook(self, exchange: Exchange) -> None:
         request = exchange.request
-        hook = self._proxy.on_request
+        hook = self._on_request
         assert request is not None and hook is not None
         if exchange.route is not None:
             self.deadlines.timeouts = exchange.route.timeouts  # its upstream_timeout bounds an async hook
@@ -843,7 +850,7 @@ class ProxyProtocol:
         server = exchange.link.server
         if server.failures or server.down_until is not None:
             exchange.link.group.succeeded(server)  # a success clears the server's failure record
-        if exchange.route.usage is not None or self._proxy.observes_responses:
+        if exchange.route.usage is not None or self._observes_responses:
             self._proxy.observe_response(exchange, pipe, parts, self._peer)
         self._pending_head = None if self._draining else joining.join_parts(parts)
         self._pipe = pipe
