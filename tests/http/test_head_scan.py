@@ -321,3 +321,15 @@ def test_a_content_length_is_read_as_a_number_or_refused_as_too_large(build: str
         head.reset()
         with pytest.raises(BUILDS[build].BadRequest, match="Content-Length too large"):
             head.add_header(b"Content-Length", value)
+
+
+def test_the_lean_parsers_run_where_the_request_path_is_compiled() -> None:
+    """Compiled, the fields are read in C and the parsers call no Python per header; run as Python, the
+    per-header callbacks are the faster way, and both sides use them."""
+    import fastpipe.http.server as server
+    import fastpipe.http.upstream as upstream
+
+    compiled = is_compiled(server)
+    assert is_compiled(upstream) is compiled and server._LEAN is compiled and upstream._LEAN is compiled
+    # httptools asks llhttp for per-header callbacks exactly when the callbacks object has on_header
+    assert hasattr(upstream.UpstreamConnection, "on_header") is not compiled

@@ -11,6 +11,7 @@ and the tests hold each to the other and to httptools' callbacks.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 __all__ = ("content_length", "lean_head_end", "read_head")
 
@@ -36,7 +37,7 @@ def lean_head_end(data: bytes, start: int) -> int:
     return end + 4
 
 
-def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes, ...], request: bool) -> list:
+def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes, ...], request: bool) -> list[Any]:
     """The fields of the head at ``start`` of ``data`` (after any empty lines), which llhttp accepted, as
     its callbacks give them: each value without the whitespace before it (what follows it stays). Those
     the proxy forwards unread (a name of letters, digits and ``-`` not among the lower-case ``specials``)
@@ -54,7 +55,7 @@ def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes
         words = data[at:line_end].split(b" ")
         target = next(word for word in words[1:] if word)  # llhttp takes more than one space
     end = data.index(b"\r\n\r\n", line_end) + 4
-    fields: list = [target, 0, 0, end]
+    fields: list[Any] = [target, 0, 0, end]
     for line in data[line_end + 2 : end - 4].split(b"\r\n") if end - 4 > line_end else ():
         name, _, value = line.partition(b":")
         value = value.lstrip(b" \t")

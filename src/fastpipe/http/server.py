@@ -113,6 +113,12 @@ class _ParserCallbacks:
         self.on_message_complete = protocol.on_message_complete
 
 
+# Whether this module runs compiled, where the lean parser pays off: the fields of its heads are read in C
+# (head_scan.pxd). Run as Python, reading them is slower than httptools' per-header callbacks, so every
+# message goes to the full parser.
+_LEAN = not __file__.endswith(".py")
+
+
 class _StopParsing(Exception):
     """Raised in a parser callback after a request that ends the connection: read nothing after it."""
 
@@ -182,10 +188,11 @@ class ProxyProtocol:
         self._loop = proxy.loop
         self._head = RequestHead(proxy.limits)
         # Two parsers, each only ever given whole messages (see _feed): the lean one, without per-header
-        # callbacks, and the full one, made the first time a head is not for the lean one.
-        self._lean = HttpRequestParser(_ParserCallbacks(self, None))
-        self._full: HttpRequestParser | None = None
-        self._parser = self._lean  # the one parsing the current message
+        # callbacks, and the full one, made the first time a head is not for the lean one (at once, and the
+        # only one, where this module runs as Python). _parser is the one parsing the current message.
+        self._parser = HttpRequestParser(_ParserCallbacks(self, None if _LEAN else self._head))
+        self._lean = self._parser if _LEAN else None
+        self._full = None if _LEAN else self._parser
         self._lean_head: bytes | None = None  # the head the lean parser is given, read at on_headers_complete
         self._lean_body_left = 0  # of the Content-Length body of the lean parser's message
         self._fed_at = 0  # where in the read the bytes last given to a parser begin
@@ -374,11 +381,11 @@ class ProxyProtocol:
         size = len(data)
         at = 0
         lean = self._lean
+        if lean is None or (self._parsing is not None and self._parser is not lean):
+            self._fed_at = 0
+            self._parser.feed_data(data)
+            return
         if self._parsing is not None:
-            if self._parser is not lean:
-                self._fed_at = 0
-                self._parser.feed_data(data)
-                return
             at = self._lean_body_left  # more of the lean parser's Content-Length body
             self._fed_at = 0
             if at >= size:

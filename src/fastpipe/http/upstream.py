@@ -65,6 +65,11 @@ _KINDS_BY_SPELLING = h.RESPONSE_KINDS_BY_SPELLING
 _SPECIALS = tuple(_KINDS)  # the names _add_field must see: all but these are forwarded as they are
 _STATUS_LINES = h.STATUS_LINES
 _pushed_pipe = Pipe.pushed  # one per response: looked up once
+# Whether this module runs compiled, where a response head's fields are read in C from its bytes
+# (head_scan.pxd) and the parser calls no Python per header. Run as Python, httptools' per-header callback
+# (on_header, set on the class below) is the faster way.
+_LEAN = not __file__.endswith(".py")
+
 _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); above, it is a memoryview
 
 
@@ -364,6 +369,23 @@ class UpstreamConnection:
         end: int = fields[3]  # just past the blank line
         return end
 
+    def _head_end(self) -> int:
+        """Where the head llhttp just accepted ends in the head buffer (after the empty lines llhttp skips
+        before a status line; CRLF line ends, so never a guessed boundary)."""
+        buf = self._head_buf
+        start = self._scan
+        while buf[start : start + 1] in (b"\r", b"\n"):
+            start += 1
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            raise _BadResponse("response head without CRLF CRLF")
+        return end + 4
+
+    def _on_header(self, name: bytes, value: bytes) -> None:
+        """httptools' per-header callback, where this module runs as Python (see _LEAN)."""
+        if self._mode == HEAD:  # else a trailer field of a chunked body: passed on (zero-copy) or dropped
+            self._add_field(name, value)
+
     def _add_field(self, name: bytes, value: bytes) -> None:
         """One field of the response head that the proxy reads (not a parser callback: the parser calls
         none per header, and a chunked body's trailer fields are passed on with its bytes, or dropped)."""
@@ -400,7 +422,7 @@ class UpstreamConnection:
         assert exchange is not None
         if not 100 <= status <= 599:
             raise _BadResponse(f"upstream status {status} is outside 100-599")
-        end = self._read_head()
+        end = self._read_head() if _LEAN else self._head_end()
         parts = self._parts
         if self._drop_names is not None:
             parts = h.without_names(parts, self._drop_names)
@@ -658,6 +680,10 @@ class CopyingUpstreamConnection(UpstreamConnection):
             pipe.feed(body)
         elif mode == CHUNKED or mode == ENCODE:
             pipe.feed(b"%x\r\n" % len(body) + body + b"\r\n")
+
+
+if not _LEAN:
+    UpstreamConnection.on_header = UpstreamConnection._on_header  # type: ignore[attr-defined]
 
 
 class UpstreamPool:
