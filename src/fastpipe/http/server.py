@@ -383,6 +383,8 @@ class ProxyProtocol:
         lean = self._lean
         if lean is None or (self._parsing is not None and self._parser is not lean):
             self._fed_at = 0
+            if self._parsing is None:
+                self._read = data  # a request begins at its first byte (for _request_version)
             self._parser.feed_data(data)
             return
         if self._parsing is not None:
