@@ -33,6 +33,8 @@ LAYOUTS = {
         b"POST /b HTTP/1.0\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
     ],
     "1.1 whose target reads like a version": [b"GET /HTTP/1.0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"],
+    "1.0 after two spaces": [b"GET  /a HTTP/1.0\r\nHost: t\r\n\r\n"],
+    "1.0, a long target": [b"GET /" + b"a" * 3000 + b" HTTP/1.0\r\nHost: t\r\n\r\n"],
 }
 
 

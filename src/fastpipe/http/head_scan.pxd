@@ -172,7 +172,23 @@ cdef extern from *:
         }
         return at == stop ? length : -1;
     }
+
+    /* 11 or 10 when data begins with the request line "method SP target SP HTTP/1.1 CRLF" (or 1.0); else 0. */
+    static inline int fastpipe_request_line_version(PyObject *data, PyObject *method, PyObject *target) {
+        const char *at = PyBytes_AS_STRING(data);
+        Py_ssize_t size = PyBytes_GET_SIZE(data), length = PyBytes_GET_SIZE(method);
+        Py_ssize_t version = length + 1 + PyBytes_GET_SIZE(target);  /* where " HTTP/1.x" would begin */
+        if (version + 11 > size || memcmp(at, PyBytes_AS_STRING(method), length) != 0) {
+            return 0;
+        }
+        at += version;
+        if (memcmp(at, " HTTP/1.", 8) != 0 || at[9] != '\\r' || at[10] != '\\n') {
+            return 0;
+        }
+        return at[8] == '1' ? 11 : at[8] == '0' ? 10 : 0;
+    }
     """
     Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
+    int request_line_version "fastpipe_request_line_version"(bytes data, bytes method, bytes target)
     Py_ssize_t content_length "fastpipe_content_length"(bytes value)
     list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ("content_length", "lean_head_end", "read_head")
+__all__ = ("content_length", "lean_head_end", "read_head", "request_line_version")
 
 _TRANSFER_ENCODING = b"transfer-encoding:"
 
@@ -76,3 +76,13 @@ def content_length(value: bytes) -> int:
     except ValueError:
         return -1
     return length if 0 <= length <= sys.maxsize and value[:1].isdigit() else -1
+
+
+def request_line_version(data: bytes, method: bytes, target: bytes) -> int:
+    """11 or 10 when ``data`` begins with the request line ``method SP target SP HTTP/1.1 CRLF`` (or 1.0);
+    else 0, and the caller asks the parser."""
+    if data[: len(method)] != method:
+        return 0
+    at = len(method) + 1 + len(target)
+    line_end = data[at : at + 11]
+    return 11 if line_end == b" HTTP/1.1\r\n" else 10 if line_end == b" HTTP/1.0\r\n" else 0

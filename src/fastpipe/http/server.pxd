@@ -4,7 +4,7 @@
 
 cimport cython
 
-from fastpipe.http cimport clock, joining
+from fastpipe.http cimport clock, head_scan, joining
 
 from fastpipe.gateway.balance cimport Server
 from fastpipe.http.deadlines cimport ConnectionDeadlines
@@ -36,7 +36,7 @@ cdef class ProxyProtocol:
     cpdef _send_body(self, Exchange exchange, piece)
     @cython.locals(size=Py_ssize_t, at=Py_ssize_t, end=Py_ssize_t, left=Py_ssize_t, head=RequestHead, exchange=Exchange)
     cpdef _feed(self, bytes data)
-    @cython.locals(data=bytes, at=Py_ssize_t)
+    @cython.locals(data=bytes, version=int)
     cpdef str _request_version(self, bytes method, bytes target)
     cpdef _start(self, Exchange exchange)
     @cython.locals(route=ProxyRoute, pool=UpstreamPool)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from ..end_reason import EndReason
-from . import clock, joining
+from . import clock, head_scan, joining
 from . import headers as h
 from .deadlines import ConnectionDeadlines
 from .exchange import BodyPipe, Exchange
@@ -487,12 +487,11 @@ class ProxyProtocol:
         there, which saves the parser formatting a string per request. Anything else asks the parser."""
         data = self._line_read
         self._line_read = None
-        if data is not None and data[: len(method)] == method:
-            at = len(method) + 1 + len(target)
-            line_end = data[at : at + 11]
-            if line_end == b" HTTP/1.1\r\n":
+        if data is not None:
+            version = head_scan.request_line_version(data, method, target)
+            if version == 11:
                 return "1.1"
-            if line_end == b" HTTP/1.0\r\n":
+            if version == 10:
                 return "1.0"
         return self._parser.get_http_version()
 
