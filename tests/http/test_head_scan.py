@@ -185,6 +185,14 @@ def test_a_head_read_from_its_bytes_is_what_the_per_header_callbacks_collect(bui
 
 
 @pytest.mark.parametrize("build", BUILDS)
+def test_a_field_is_read_from_its_own_line_only(build: str) -> None:
+    """A line without a colon (which llhttp refuses) is never read as part of the next line's name."""
+    head = BUILDS[build].RequestHead(Limits())
+    with pytest.raises(ValueError, match="not a head llhttp accepted"):
+        head.read(b"GET / HTTP/1.1\r\nNo colon here\r\nX-Next: value\r\n\r\n")
+
+
+@pytest.mark.parametrize("build", BUILDS)
 def test_where_a_head_ends_is_what_the_source_twin_says_at_every_start(build: str) -> None:
     head = BUILDS[build].RequestHead(Limits())
     chooser = random.Random(7)

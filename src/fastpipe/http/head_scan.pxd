@@ -111,9 +111,9 @@ cdef extern from *:
             PyList_SetItem(fields, 0, item);
         }
         for (at = cr + 2; at < stop && *at != '\\r'; at = cr + 2) {
-            colon = memchr(at, ':', stop - at);
-            cr = colon == NULL ? NULL : memchr(colon, '\\r', stop - colon);
-            if (cr == NULL) {
+            cr = memchr(at, '\\r', stop - at);
+            colon = cr == NULL ? NULL : memchr(at, ':', cr - at);  /* within this line only */
+            if (colon == NULL) {
                 goto malformed;
             }
             for (value = colon + 1; value < cr && (*value == ' ' || *value == '\\t'); value++) {

@@ -57,7 +57,9 @@ def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes
     end = data.index(b"\r\n\r\n", line_end) + 4
     fields: list[Any] = [target, 0, 0, end]
     for line in data[line_end + 2 : end - 4].split(b"\r\n") if end - 4 > line_end else ():
-        name, _, value = line.partition(b":")
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ValueError("not a head llhttp accepted")
         value = value.lstrip(b" \t")
         if name.replace(b"-", b"").isalnum() and name.lower() not in specials:
             parts += (name, b": ", value, b"\r\n")

@@ -16,8 +16,8 @@ from fastpipe.http.upstream cimport UpstreamConnection, UpstreamPool
 
 cdef class ProxyProtocol:
     cdef public object _proxy, _limits, _max_body, _loop, _parser, _transport, _peer, _forwarding
-    cdef public object _routing, _queue, _pipe, _pending_head, _read, _line_read, _lean, _full, _lean_head
-    cdef public Py_ssize_t _lean_body_left, _fed_at
+    cdef public object _routing, _queue, _pipe, _pending_head, _read, _line_read, _lean, _full
+    cdef public Py_ssize_t _fed_at
     cdef public Exchange _parsing, _active, _upgrading
     cdef public RequestHead _head
     cdef public ReadGate _gate

@@ -150,8 +150,6 @@ class ProxyProtocol:
         "_health_path",
         "_in_head",
         "_lean",
-        "_lean_body_left",
-        "_lean_head",
         "_limits",
         "_line_read",
         "_lingering",
@@ -193,8 +191,6 @@ class ProxyProtocol:
         self._parser = HttpRequestParser(_ParserCallbacks(self, None if _LEAN else self._head))
         self._lean = self._parser if _LEAN else None
         self._full = None if _LEAN else self._parser
-        self._lean_head: bytes | None = None  # the head the lean parser is given, read at on_headers_complete
-        self._lean_body_left = 0  # of the Content-Length body of the lean parser's message
         self._fed_at = 0  # where in the read the bytes last given to a parser begin
         self._transport: Any = None
         self._peer = "-"
@@ -374,59 +370,56 @@ class ProxyProtocol:
 
     def _feed(self, data: bytes) -> None:
         """Give a read to the parsers, each message whole to one of them. A head all in this read and with no
-        Transfer-Encoding goes to the lean parser alone (kept for on_headers_complete to read), then exactly
-        its Content-Length body; from the first head that is not, the rest of the read goes to the full
-        parser, which keeps the connection until a read begins between messages. (A chunked body's end is
-        known only to the parser, so no head after one could be found for the lean parser.)"""
+        Transfer-Encoding goes to the lean parser alone (on_headers_complete reads it from ``_line_read``),
+        then exactly its Content-Length body; from the first head that is not, the rest of the read goes to
+        the full parser, which keeps the connection until a read begins between messages. (A chunked body's
+        end is known only to the parser, so no head after one could be found for the lean parser.)"""
         size = len(data)
         at = 0
         lean = self._lean
-        if lean is None or (self._parsing is not None and self._parser is not lean):
+        exchange = self._parsing
+        if lean is None or (exchange is not None and self._parser is not lean):
             self._fed_at = 0
-            if self._parsing is None:
+            if exchange is None:
                 self._read = data  # a request begins at its first byte (for _request_version)
             self._parser.feed_data(data)
             return
-        if self._parsing is not None:
-            at = self._lean_body_left  # more of the lean parser's Content-Length body
-            self._fed_at = 0
-            if at >= size:
-                self._lean_body_left = at - size
-                lean.feed_data(data)
-                return
-            self._lean_body_left = 0
-            lean.feed_data(data[:at])
         head = self._head
         while at < size:
-            end = head.lean_end(data, at)
-            if end < 0:
-                piece = data if at == 0 else data[at:]
-            else:
-                piece = data if at == 0 and end == size else data[at:end]
-            self._read = piece  # a request begins at its first byte (for _request_version)
-            self._fed_at = at
-            if end < 0:
-                parser = self._full
-                if parser is None:
-                    parser = self._full = HttpRequestParser(_ParserCallbacks(self, head))
-                self._parser = parser
-                parser.feed_data(piece)
-                return
-            self._parser = lean
-            self._lean_head = piece
-            lean.feed_data(piece)
-            at = end
-            exchange = self._parsing
-            if exchange is not None:  # its Content-Length body follows
-                left = exchange.content_length
+            if exchange is None:
+                end = head.lean_end(data, at)
+                if end < 0:
+                    piece = data if at == 0 else data[at:]
+                else:
+                    piece = data if at == 0 and end == size else data[at:end]
+                self._read = piece  # a request begins at its first byte (for _request_version, the lean read)
                 self._fed_at = at
-                if left >= size - at:
-                    self._lean_body_left = left - (size - at)
-                    if at < size:
-                        lean.feed_data(data[at:])
+                if end < 0:
+                    parser = self._full
+                    if parser is None:
+                        parser = self._full = HttpRequestParser(_ParserCallbacks(self, head))
+                    self._parser = parser
+                    parser.feed_data(piece)
                     return
-                lean.feed_data(data[at : at + left])
-                at += left
+                self._parser = lean
+                lean.feed_data(piece)
+                at = end
+                exchange = self._parsing
+                if exchange is None:
+                    continue
+            # The rest of the lean parser's message: exactly what is left of its Content-Length body. Its
+            # head must have ended where the scan ended it, or the bytes are not what they seemed.
+            left = exchange.content_length - exchange.request_body_bytes
+            if self._in_head or left <= 0:
+                raise HttpParserError("a request head that does not end where its blank line is")
+            self._fed_at = at
+            if left >= size - at:
+                if at < size:
+                    lean.feed_data(data if at == 0 else data[at:])
+                return
+            lean.feed_data(data[at : at + left])
+            at += left
+            exchange = self._parsing
 
     # -- request parser callbacks (httptools) ----------------------------------------------------------
 
@@ -451,8 +444,7 @@ class ProxyProtocol:
         parser = self._parser
         head = self._head
         if parser is self._lean:
-            lean_head = self._lean_head
-            self._lean_head = None
+            lean_head = self._line_read  # the lean parser is only ever given a head that begins its piece
             assert lean_head is not None
             head.read(lean_head)
         method: bytes = parser.get_method()
