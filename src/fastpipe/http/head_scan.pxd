@@ -1,4 +1,4 @@
-# What the compiled request-path modules get for `head_scan`'s two functions when they cimport it: C
+# What the compiled request-path modules get for `head_scan`'s functions when they cimport it: C
 # functions over the bytes (this module's .py is never compiled; it is the pure-Python build's, and says
 # what each returns). No byte past the end of the bytes object is ever read.
 
@@ -187,8 +187,195 @@ cdef extern from *:
         }
         return at[8] == '1' ? 11 : at[8] == '0' ? 10 : 0;
     }
+
+    /* Plain heads: every byte in a conservative subset of what llhttp accepts, and none of the fields
+       llhttp acts on itself (beyond a response's one Content-Length and a simple Connection), so reading
+       them needs no llhttp. Anything else goes to llhttp, which decides; the tests hold these functions to
+       httptools over the fuzz corpus. */
+    #define FASTPIPE_IN_TARGET 1
+    #define FASTPIPE_IN_NAME 2
+    #define FASTPIPE_IN_VALUE 4
+    static unsigned char fastpipe_plain_bytes[256];
+
+    static inline void fastpipe_plain_bytes_init(void) {
+        const char *extra = "-._~!$&'()*+,;=:@/?%";
+        int c;
+        if (fastpipe_plain_bytes['a']) {
+            return;
+        }
+        for (c = 0x20; c <= 0x7e; c++) {
+            fastpipe_plain_bytes[c] = FASTPIPE_IN_VALUE;
+        }
+        fastpipe_plain_bytes['\\t'] = FASTPIPE_IN_VALUE;
+        for (c = 0; c < 256; c++) {
+            if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+                fastpipe_plain_bytes[c] |= FASTPIPE_IN_TARGET | FASTPIPE_IN_NAME;
+            }
+        }
+        for (; *extra; extra++) {
+            fastpipe_plain_bytes[(unsigned char)*extra] |= FASTPIPE_IN_TARGET;
+        }
+        fastpipe_plain_bytes['-'] |= FASTPIPE_IN_NAME;
+        fastpipe_plain_bytes['_'] |= FASTPIPE_IN_NAME;
+    }
+
+    static inline int fastpipe_is(const unsigned char *at, const unsigned char *stop, const char *lower) {
+        Py_ssize_t size = (Py_ssize_t)strlen(lower);
+        return stop - at == size && strncasecmp((const char *)at, lower, size) == 0;
+    }
+
+    /* The field line "name: value CRLF" at *at of a plain head: its name's end and its value's span (less
+       the whitespace before it), *at moved past it; 0 when the line is not plain. */
+    static inline int fastpipe_plain_field(const unsigned char **at, const unsigned char *stop,
+                                           const unsigned char **name_end, const unsigned char **value,
+                                           const unsigned char **value_end) {
+        const unsigned char *cursor = *at;
+        while (cursor < stop && (fastpipe_plain_bytes[*cursor] & FASTPIPE_IN_NAME)) {
+            cursor++;
+        }
+        if (cursor == *at || cursor >= stop || *cursor != ':') {
+            return 0;
+        }
+        *name_end = cursor++;
+        while (cursor < stop && (*cursor == ' ' || *cursor == '\\t')) {
+            cursor++;
+        }
+        *value = cursor;
+        while (cursor < stop && (fastpipe_plain_bytes[*cursor] & FASTPIPE_IN_VALUE)) {
+            cursor++;
+        }
+        *value_end = cursor;
+        if (stop - cursor < 2 || cursor[0] != '\\r' || cursor[1] != '\\n') {
+            return 0;
+        }
+        *at = cursor + 2;
+        return 1;
+    }
+
+    static const char *fastpipe_plain_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
+    #define FASTPIPE_PLAIN_METHODS 7
+    static PyObject *fastpipe_plain_requests[FASTPIPE_PLAIN_METHODS][2];  /* (method, keep_alive), made once */
+
+    static inline PyObject *fastpipe_plain_request_of(int method, int keep_alive) {
+        PyObject **plain = &fastpipe_plain_requests[method][keep_alive];
+        if (*plain == NULL) {
+            *plain = Py_BuildValue("(yO)", fastpipe_plain_methods[method], keep_alive ? Py_True : Py_False);
+            if (*plain == NULL) {
+                return NULL;
+            }
+        }
+        Py_INCREF(*plain);
+        return *plain;
+    }
+
+    /* (method, keep_alive) of the request head from start to end (just past its blank line, as
+       fastpipe_lean_head_end found it) when it is plain: a method of the list, an origin-form target,
+       HTTP/1.1 or 1.0, and no Content-Length, Transfer-Encoding, Connection, Proxy-Connection or Upgrade
+       field (so no body, no upgrade, and the version alone says keep-alive); else None. */
+    static inline PyObject *fastpipe_plain_request(PyObject *data, Py_ssize_t start, Py_ssize_t end) {
+        const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(data);
+        const unsigned char *at = base + start, *stop = base + end, *name, *name_end, *value, *value_end;
+        Py_ssize_t length = 0;
+        int method, keep_alive;
+        fastpipe_plain_bytes_init();
+        if (start < 0 || end > PyBytes_GET_SIZE(data) || start >= end) {
+            Py_RETURN_NONE;
+        }
+        for (method = 0; method < FASTPIPE_PLAIN_METHODS; method++) {
+            length = (Py_ssize_t)strlen(fastpipe_plain_methods[method]);
+            if (stop - at > length && memcmp(at, fastpipe_plain_methods[method], length) == 0 && at[length] == ' ') {
+                break;
+            }
+        }
+        if (method == FASTPIPE_PLAIN_METHODS) {
+            Py_RETURN_NONE;
+        }
+        at += length + 1;
+        if (at >= stop || *at != '/') {
+            Py_RETURN_NONE;
+        }
+        while (at < stop && (fastpipe_plain_bytes[*at] & FASTPIPE_IN_TARGET)) {
+            at++;
+        }
+        if (stop - at < 11 || memcmp(at, " HTTP/1.", 8) != 0 || (at[8] != '1' && at[8] != '0') || at[9] != '\\r' || at[10] != '\\n') {
+            Py_RETURN_NONE;
+        }
+        keep_alive = at[8] == '1';
+        at += 11;
+        while (stop - at != 2) {  /* the blank line is the last two bytes */
+            name = at;
+            if (!fastpipe_plain_field(&at, stop, &name_end, &value, &value_end)
+                || fastpipe_is(name, name_end, "content-length") || fastpipe_is(name, name_end, "transfer-encoding")
+                || fastpipe_is(name, name_end, "connection") || fastpipe_is(name, name_end, "proxy-connection")
+                || fastpipe_is(name, name_end, "upgrade")) {
+                Py_RETURN_NONE;
+            }
+        }
+        if (at[0] != '\\r' || at[1] != '\\n') {
+            Py_RETURN_NONE;
+        }
+        return fastpipe_plain_request_of(method, keep_alive);
+    }
+
+    /* (status, keep_alive) of the response head at the start of data when it is plain and all there:
+       HTTP/1.1, a status of 200-599, exactly one Content-Length of at most 18 digits, a Connection of only
+       "close" or "keep-alive" if any, and no Transfer-Encoding, Proxy-Connection or Upgrade field; else
+       None. */
+    static inline PyObject *fastpipe_plain_response(PyObject *data) {
+        const unsigned char *at = (const unsigned char *)PyBytes_AS_STRING(data);
+        const unsigned char *stop = at + PyBytes_GET_SIZE(data), *name, *name_end, *value, *value_end, *digit;
+        int status, lengths = 0, keep_alive = 1;
+        fastpipe_plain_bytes_init();
+        if (stop - at < 13 || memcmp(at, "HTTP/1.1 ", 9) != 0 || at[12] != ' ') {
+            Py_RETURN_NONE;
+        }
+        for (status = 0, digit = at + 9; digit < at + 12; digit++) {
+            if (*digit < '0' || *digit > '9') {
+                Py_RETURN_NONE;
+            }
+            status = status * 10 + (*digit - '0');
+        }
+        if (status < 200 || status > 599) {
+            Py_RETURN_NONE;
+        }
+        for (at += 13; at < stop && (fastpipe_plain_bytes[*at] & FASTPIPE_IN_VALUE); at++) {
+        }
+        if (stop - at < 2 || at[0] != '\\r' || at[1] != '\\n') {
+            Py_RETURN_NONE;
+        }
+        for (at += 2; !(stop - at >= 2 && at[0] == '\\r' && at[1] == '\\n');) {
+            name = at;
+            if (!fastpipe_plain_field(&at, stop, &name_end, &value, &value_end)
+                || fastpipe_is(name, name_end, "transfer-encoding") || fastpipe_is(name, name_end, "proxy-connection")
+                || fastpipe_is(name, name_end, "upgrade")) {
+                Py_RETURN_NONE;
+            }
+            if (fastpipe_is(name, name_end, "content-length")) {
+                if (++lengths > 1 || value_end == value || value_end - value > 18) {
+                    Py_RETURN_NONE;
+                }
+                for (digit = value; digit < value_end; digit++) {
+                    if (*digit < '0' || *digit > '9') {
+                        Py_RETURN_NONE;
+                    }
+                }
+            } else if (fastpipe_is(name, name_end, "connection")) {
+                if (fastpipe_is(value, value_end, "close")) {
+                    keep_alive = 0;
+                } else if (!fastpipe_is(value, value_end, "keep-alive")) {
+                    Py_RETURN_NONE;
+                }
+            }
+        }
+        if (lengths != 1) {
+            Py_RETURN_NONE;
+        }
+        return Py_BuildValue("(iO)", status, keep_alive ? Py_True : Py_False);
+    }
     """
     Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
     int request_line_version "fastpipe_request_line_version"(bytes data, bytes method, bytes target)
     Py_ssize_t content_length "fastpipe_content_length"(bytes value)
     list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request)
+    tuple plain_request "fastpipe_plain_request"(bytes data, Py_ssize_t start, Py_ssize_t end)
+    tuple plain_response "fastpipe_plain_response"(bytes data)

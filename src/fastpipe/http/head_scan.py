@@ -1,21 +1,32 @@
-"""Reading a request head from its bytes, for the parser that calls back once per message rather than once
-per header (see ``ProxyProtocol``'s lean parser and docs/architecture.md).
+"""Reading a head from its bytes, for the parsers that call back once per message rather than once per
+header (see ``ProxyProtocol``'s lean parser and docs/architecture.md).
 
-llhttp still reads every byte and refuses what it refuses; these two functions only find where a head
-ends, and, once llhttp accepted it, cut it into the fields its per-header callbacks would have given,
-putting those the proxy forwards unread straight into the head's parts. The
-compiled request path uses the C build of both in ``head_scan.pxd``; this module is the pure-Python one,
-and the tests hold each to the other and to httptools' callbacks.
+llhttp reads every byte and refuses what it refuses, except in a *plain* head: one whose every byte lies
+in a conservative subset of what llhttp accepts and that carries none of the fields llhttp acts on
+itself, which :func:`plain_request` and :func:`plain_response` recognise so the proxy can skip llhttp for
+it. Otherwise these functions only find where a head ends and, once llhttp accepted it, cut it into the
+fields its per-header callbacks would have given, putting those the proxy forwards unread straight into
+the head's parts. The compiled request path uses the C build of each in ``head_scan.pxd``; this module is
+the pure-Python one, and the tests hold each to the other and to httptools.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
-__all__ = ("content_length", "lean_head_end", "read_head", "request_line_version")
+__all__ = ("content_length", "lean_head_end", "plain_request", "plain_response", "read_head", "request_line_version")
 
 _TRANSFER_ENCODING = b"transfer-encoding:"
+
+# Plain heads (see plain_request): the bytes each part may hold, a conservative subset of llhttp's.
+_NAME = re.compile(rb"[A-Za-z0-9_-]+")
+_TARGET = re.compile(rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_VALUE = re.compile(rb"[\t\x20-\x7e]*")
+_PLAIN_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
+_NOT_IN_PLAIN_REQUEST = (b"content-length", b"transfer-encoding", b"connection", b"proxy-connection", b"upgrade")
+_NOT_IN_PLAIN_RESPONSE = (b"transfer-encoding", b"proxy-connection", b"upgrade")
 
 
 def lean_head_end(data: bytes, start: int) -> int:
@@ -88,3 +99,68 @@ def request_line_version(data: bytes, method: bytes, target: bytes) -> int:
     at = len(method) + 1 + len(target)
     line_end = data[at : at + 11]
     return 11 if line_end == b" HTTP/1.1\r\n" else 10 if line_end == b" HTTP/1.0\r\n" else 0
+
+
+def _plain_fields(data: bytes, at: int, stop: int) -> list[tuple[bytes, bytes]] | None:
+    """The (lower-case name, value) of each field line from ``at`` to the blank line that ends at ``stop``,
+    when every one is plain; else None."""
+    fields = []
+    while at != stop - 2:
+        line_end = data.find(b"\r\n", at, stop)
+        if line_end < 0:
+            return None
+        name, colon, value = data[at:line_end].partition(b":")
+        if not colon or not _NAME.fullmatch(name) or not _VALUE.fullmatch(value):
+            return None
+        fields.append((name.lower(), value.lstrip(b" \t")))
+        at = line_end + 2
+    return fields if data[at:stop] == b"\r\n" else None
+
+
+def plain_request(data: bytes, start: int, end: int) -> tuple[bytes, bool] | None:
+    """``(method, keep_alive)`` of the request head from ``start`` to ``end`` (just past its blank line, as
+    :func:`lean_head_end` found it) when it is plain, so that llhttp need not read it: every byte in a
+    conservative subset of what llhttp accepts (a method of a short list, an origin-form target of URI
+    characters, HTTP/1.1 or 1.0, fields of letters, digits, ``-`` and ``_`` with printable values), and no
+    Content-Length, Transfer-Encoding, Connection, Proxy-Connection or Upgrade field: no body, no upgrade,
+    and the version alone says keep-alive. Else None, and llhttp decides."""
+    if not 0 <= start < end <= len(data):
+        return None
+    line_end = data.find(b"\r\n", start, end)
+    if line_end < 0:
+        return None
+    method, _, rest = data[start:line_end].partition(b" ")
+    target, _, version = rest.partition(b" ")
+    if method not in _PLAIN_METHODS or not _TARGET.fullmatch(target) or version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    fields = _plain_fields(data, line_end + 2, end)
+    if fields is None or any(name in _NOT_IN_PLAIN_REQUEST for name, _ in fields):
+        return None
+    return method, version == b"HTTP/1.1"
+
+
+def plain_response(data: bytes) -> tuple[int, bool] | None:
+    """``(status, keep_alive)`` of the response head at the start of ``data`` when it is all there and
+    plain (see :func:`plain_request`): HTTP/1.1, a status of 200-599, exactly one Content-Length of at
+    most 18 digits, a Connection of only ``close`` or ``keep-alive`` if any, and no Transfer-Encoding,
+    Proxy-Connection or Upgrade field. Else None, and llhttp decides."""
+    end = data.find(b"\r\n\r\n")
+    line_end = data.find(b"\r\n")
+    if end < 0 or data[:9] != b"HTTP/1.1 " or data[12:13] != b" " or not data[9:12].isdigit():
+        return None
+    status = int(data[9:12])
+    if not 200 <= status <= 599 or not _VALUE.fullmatch(data, 13, line_end):
+        return None
+    fields = _plain_fields(data, line_end + 2, end + 4)
+    if fields is None or any(name in _NOT_IN_PLAIN_RESPONSE for name, _ in fields):
+        return None
+    lengths = [value for name, value in fields if name == b"content-length"]
+    if len(lengths) != 1 or not re.fullmatch(rb"[0-9]{1,18}", lengths[0]):
+        return None
+    keep_alive = True
+    for name, value in fields:
+        if name == b"connection":
+            if value.lower() not in (b"close", b"keep-alive"):
+                return None
+            keep_alive = keep_alive and value.lower() != b"close"
+    return status, keep_alive

@@ -19,6 +19,7 @@ cdef class RequestHead:
     @cython.locals(parts=list, kind=int, length=Py_ssize_t)
     cpdef add_header(self, bytes name, bytes value)
     cpdef Py_ssize_t lean_end(self, bytes data, Py_ssize_t start)
+    cpdef tuple plain_request(self, bytes data, Py_ssize_t start, Py_ssize_t end)
     @cython.locals(parts=list, fields=list, index=Py_ssize_t)
     cpdef read(self, bytes head)
     cpdef tuple check(self, method, version)

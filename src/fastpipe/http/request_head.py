@@ -132,6 +132,11 @@ class RequestHead:
         else -1 (see :func:`head_scan.lean_head_end`)."""
         return head_scan.lean_head_end(data, start)
 
+    def plain_request(self, data: bytes, start: int, end: int) -> tuple[bytes, bool] | None:
+        """``(method, keep_alive)`` when the lean head from ``start`` to ``end`` of ``data`` is one llhttp
+        need not read at all; else None (see :func:`head_scan.plain_request`)."""
+        return head_scan.plain_request(data, start, end)
+
     def read(self, head: bytes) -> None:
         """Collect a whole head that llhttp accepted, as its per-header callbacks would have; the fields
         forwarded unread go onto the parts in C, only the others through :meth:`add_header`."""

@@ -341,6 +341,11 @@ class ProxyProtocol:
         self._read = None
         try:
             self._feed(data)
+        except _StopParsing:  # from a plain message's steps, which no parser wraps
+            return
+        except BadRequest as exc:
+            self._reject(exc.status, exc.detail)
+            return
         except HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _StopParsing):
@@ -402,7 +407,11 @@ class ProxyProtocol:
                     parser.feed_data(piece)
                     return
                 self._parser = lean
-                lean.feed_data(piece)
+                plain = head.plain_request(data, at, end)
+                if plain is None:
+                    lean.feed_data(piece)
+                else:
+                    self._plain_message(plain[0], plain[1])
                 at = end
                 exchange = self._parsing
                 if exchange is None:
@@ -438,23 +447,34 @@ class ProxyProtocol:
             self.deadlines.arm(_HEADER, now)
 
     def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._head_complete(parser.get_method(), parser.should_keep_alive(), parser is self._lean)
+
+    def _plain_message(self, method: bytes, keep_alive: bool) -> None:
+        """A plain head (see head_scan.plain_request): the steps llhttp's callbacks would have taken for its
+        message, without llhttp. (A BadRequest or _StopParsing comes out bare: no parser wraps it.)"""
+        self.on_message_begin()
+        self._head_complete(method, keep_alive, True)
+        self.on_message_complete()
+
+    def _head_complete(self, method: bytes, keep_alive: bool, lean: bool) -> None:
+        """The request's head ended: check it, route it, start or queue the exchange. A ``lean`` head is read
+        here from its bytes (``_line_read``: it begins its piece); any other came in by callbacks."""
         exchange = self._parsing
         assert exchange is not None
         self._in_head = False
-        parser = self._parser
         head = self._head
-        if parser is self._lean:
-            lean_head = self._line_read  # the lean parser is only ever given a head that begins its piece
+        if lean:
+            lean_head = self._line_read
             assert lean_head is not None
             head.read(lean_head)
-        method: bytes = parser.get_method()
         http10, chunked = head.check(method, self._request_version(method, head.target))
         exchange.method = method
         exchange.target = head.target
         exchange.http10 = http10
         exchange.chunked = chunked
         exchange.content_length = head.content_length
-        exchange.keep_alive = parser.should_keep_alive()
+        exchange.keep_alive = keep_alive
         exchange.head_only = method == b"HEAD"
         health = self._health_path
         if health is not None and (method == b"GET" or exchange.head_only) and head.target.split(b"?")[0] == health:

@@ -15,6 +15,8 @@ cdef tuple _SPECIALS
 
 cdef class UpstreamPool
 
+cpdef tuple plain_response(bytes data)
+
 cdef class UpstreamConnection:
     cdef public UpstreamPool _pool
     cdef public object _parser, _transport, _pipe, _released_callback
@@ -32,7 +34,9 @@ cdef class UpstreamConnection:
     @cython.locals(fields=list, index=Py_ssize_t)
     cdef Py_ssize_t _read_head(self) except -1
     cpdef bint _feed_parser(self, data) except -1
-    @cython.locals(buf=bytes, scan=Py_ssize_t, rest=Py_ssize_t)
+    cpdef _head_complete(self, int status, bint keep_alive)
+    cpdef bint _plain_head(self, int status, bint keep_alive) except -1
+    @cython.locals(buf=bytes, scan=Py_ssize_t, rest=Py_ssize_t, plain=tuple)
     cpdef _head_piece(self, data)
     cpdef _head_unfinished(self)
     cpdef _body_piece(self, piece)

@@ -76,6 +76,12 @@ _SLICE_COPY_LIMIT = 16 * 1024  # below this a body slice is copied (cheap); abov
 logger = logging.getLogger("fastpipe")
 
 
+def plain_response(data: bytes) -> tuple[int, bool] | None:
+    """``(status, keep_alive)`` when ``data`` begins with a whole response head llhttp need not read at all;
+    else None (see :func:`head_scan.plain_response`)."""
+    return head_scan.plain_response(data)
+
+
 class UpstreamError(ConnectionError):
     """The upstream broke the exchange: reset, closed early, or sent something that is not HTTP/1.1."""
 
@@ -417,7 +423,11 @@ class UpstreamConnection:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        status: int = parser.get_status_code()
+        self._head_complete(parser.get_status_code(), parser.should_keep_alive())
+
+    def _head_complete(self, status: int, keep_alive: bool) -> None:
+        """A response head ended (llhttp's, or a plain one read without it): relay an interim head, open a
+        tunnel, or choose how the body is read and start the client's response."""
         exchange = self._exchange
         assert exchange is not None
         if not 100 <= status <= 599:
@@ -465,7 +475,7 @@ class UpstreamConnection:
             mode = ENCODE
             parts.append(b"Transfer-Encoding: chunked\r\n")
         parts[0] = _STATUS_LINES[status]  # 100-599, checked above
-        self._keep_alive = parser.should_keep_alive()
+        self._keep_alive = keep_alive
         if not self._keep_alive and mode != UNTIL_CLOSE and mode != ENCODE and not exchange.request_done:
             # RFC 9112 §9.5: a framed answer that ends the connection before the body is in says the rest
             # is not wanted; sending it on would only earn a reset that can destroy this very answer. (A
@@ -532,9 +542,13 @@ class UpstreamConnection:
             return
         self.got_bytes = True
         buf = self._head_buf
+        plain = plain_response(data) if _LEAN and not buf else None  # (no byte of this head went to llhttp yet)
         buf = buf + data if buf else data
         self._head_buf = buf
-        if not self._feed_parser(data):
+        if plain is not None:
+            if not self._plain_head(plain[0], plain[1]):
+                return
+        elif not self._feed_parser(data):
             return
         if self._mode == HEAD:
             self._head_unfinished()
@@ -551,6 +565,19 @@ class UpstreamConnection:
             piece = memoryview(buf)[scan:]
         self._body_piece(piece)
         exchange.client.flush_head(exchange)
+
+    def _plain_head(self, status: int, keep_alive: bool) -> bool:
+        """A plain head (see head_scan.plain_response): the steps llhttp's callbacks would have taken for it,
+        without llhttp, which stays between messages (so it is also done with this one); False if the
+        exchange failed (already reported)."""
+        try:
+            self.on_message_begin()
+            self._head_complete(status, keep_alive)
+        except _BadResponse as exc:
+            self._fail(str(exc))
+            return False
+        self._message_done = True
+        return True
 
     def _head_unfinished(self) -> None:
         """A read ended inside a response head: keep only what follows the interim heads relayed so far,

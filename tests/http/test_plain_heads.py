@@ -1,0 +1,276 @@
+"""Plain heads, which the compiled request path reads without llhttp: every head either build calls plain
+is one httptools accepts and reads the same (method or status, keep-alive, no body or that Content-Length,
+no upgrade), over the fuzz corpus and thousands of mutations; the C and the source twin agree on every
+case; and through the proxy, the steps a plain head takes instead of llhttp's callbacks end exchanges,
+refuse requests and reuse connections as the callbacks do."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
+
+import fastpipe.http.upstream as loaded_upstream
+from fastpipe._backend import NO_EXTENSIONS, is_compiled
+from fastpipe.http import head_scan
+from fastpipe.http.limits import Limits
+
+from ._proxy_support import MakeRecordingOrigin, StartProxy, parse_responses
+from .test_head_scan import BUILDS, CASES, lean_parser_reads
+from .test_request_version import send_in_pieces
+
+PLAIN_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a/b?c=d&e=%20f HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: curl/8.5\r\nAccept: */*\r\n\r\n",
+    b"HEAD /~u/;p=1 HTTP/1.0\r\nX_Under: 1\r\nX-Empty:\r\nX-Tab:\tv\t\r\n\r\n",
+    b"OPTIONS /'()*+,$!@:= HTTP/1.1\r\nHost: a\r\nAccept: text/html, */*;q=0.8\r\n\r\n",
+    b"POST /no-body HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    b'DELETE /x HTTP/1.1\r\nHost: a\r\nCookie: a=b; c="d"\r\nX: {json} <tag> \\ ^ ` |\r\n\r\n',
+    b"PUT /p HTTP/1.1\r\nhost: a\r\nkeep-alive: 5\r\nTE: trailers\r\n\r\n",
+    b"PATCH /p HTTP/1.1\r\nHost: a\r\nUpgrade-Insecure-Requests: 1\r\nConnection-Id: 7\r\n\r\n",
+]
+ALPHABET = b' \t\r\n:_-aZ09\x00\x7f\x80\xff,;=/?#%"<>\\^`{|}[]'
+
+
+def _mutations(seeds: list[bytes], count: int, seed: int) -> list[bytes]:
+    """Seeds with one byte changed, inserted or removed (a fixed seed: the same cases every run)."""
+    chooser = random.Random(seed)
+    made = []
+    for _ in range(count):
+        head = bytearray(chooser.choice(seeds))
+        at = chooser.randrange(len(head))
+        action = chooser.randrange(3)
+        if action == 0:
+            head[at] = chooser.choice(ALPHABET)
+        elif action == 1:
+            head.insert(at, chooser.choice(ALPHABET))
+        else:
+            del head[at]
+        made.append(bytes(head))
+    return made
+
+
+REQUEST_CASES = CASES + PLAIN_REQUESTS + _mutations(PLAIN_REQUESTS, 4000, 20261201)
+
+
+def httptools_request(data: bytes) -> tuple[bytes, bool, str] | None:
+    """(method, keep-alive, version) of a request httptools reads whole from ``data`` with no body and no
+    upgrade; None for anything else."""
+    seen: dict[str, Any] = {}
+
+    class Callbacks:
+        def on_headers_complete(self) -> None:
+            seen["head"] = (parser.get_method(), parser.should_keep_alive(), parser.get_http_version())
+
+        def on_body(self, body: bytes) -> None:
+            seen["body"] = True
+
+        def on_message_complete(self) -> None:
+            seen["complete"] = True
+
+    parser = HttpRequestParser(Callbacks())
+    try:
+        parser.feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
+        return None
+    if "body" in seen or "complete" not in seen:
+        return None
+    head: tuple[bytes, bool, str] = seen["head"]
+    return head
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_plain_request_head_is_one_httptools_reads_the_same(build: str) -> None:
+    module = BUILDS[build]
+    head = module.RequestHead(Limits())
+    plain_count = 0
+    for data in REQUEST_CASES:
+        end = head.lean_end(data, 0)
+        if end < 0:
+            continue
+        plain = head.plain_request(data, 0, end)
+        assert plain == head_scan.plain_request(data, 0, end), data  # the C agrees with the twin
+        if plain is None:
+            continue
+        plain_count += 1
+        read = httptools_request(data[:end])
+        assert read is not None, f"plain, but httptools does not read it as a bodiless request: {data!r}"
+        method, keep_alive, version = read
+        assert (method, keep_alive) == plain and version in ("1.0", "1.1"), data
+        # and the fields the head collects are those the lean parser's head would have
+        assert lean_parser_reads(module, data, end)[0] in ("read", "refused"), data
+    assert plain_count > 1000, "too few plain heads to prove anything"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_heads_llhttp_must_judge_are_not_plain(build: str) -> None:
+    head = BUILDS[build].RequestHead(Limits())
+    judged = [
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",  # a body's length: llhttp counts it
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",  # keep-alive is llhttp's to say
+        b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",  # absolute form
+        b"GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\x80 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \xc3\xa9\r\n\r\n",  # obs-text
+        b"GET / HTTP/1.1\r\nX.Dot: 1\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ]
+    for data in judged:
+        assert head.plain_request(data, 0, len(data)) is None, data
+        assert head_scan.plain_request(data, 0, len(data)) is None, data
+
+
+PLAIN_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nServer: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 204 \r\ncontent-length: 0\r\nCONNECTION: Keep-Alive\r\nX_Under:\t1\t\r\n\r\n",
+    b"HTTP/1.1 599 x\ty\r\nSet-Cookie: a=1; Path=/\r\nContent-Length: 123456789012345678\r\n\r\n",
+    b"HTTP/1.1 302 Found\r\nLocation: /next?a=b\r\nContent-Length: 5\r\n\r\nhello",
+]
+RESPONSE_CASES = PLAIN_RESPONSES + _mutations(PLAIN_RESPONSES, 4000, 1130)
+RESPONSE_BUILDS: dict[str, Callable[[bytes], Any]] = {"source": head_scan.plain_response}
+if not NO_EXTENSIONS:
+    assert is_compiled(loaded_upstream), "the compiled request path did not load"
+    RESPONSE_BUILDS["compiled"] = loaded_upstream.plain_response
+
+
+def httptools_response(data: bytes) -> tuple[int, bool, int] | None:
+    """(status, keep-alive, Content-Length) of the response head httptools reads from ``data``; None if it
+    refuses it, asks for an upgrade, or the head is not all there."""
+    seen: dict[str, Any] = {}
+
+    class Callbacks:
+        def on_headers_complete(self) -> None:
+            seen["head"] = (parser.get_status_code(), parser.should_keep_alive())
+
+    parser = HttpResponseParser(Callbacks())
+    head_end = data.find(b"\r\n\r\n")
+    try:
+        parser.feed_data(data[: head_end + 4] if head_end >= 0 else data)
+    except (HttpParserError, HttpParserUpgrade):
+        return None
+    if "head" not in seen:
+        return None
+    lengths = [value for name, value in _fields(data[: head_end + 4]) if name.lower() == b"content-length"]
+    status, keep_alive = seen["head"]
+    return status, keep_alive, int(lengths[0]) if len(lengths) == 1 else -1
+
+
+def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    fields: list[tuple[bytes, bytes]] = []
+
+    class Callbacks:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            fields.append((name, value))
+
+    try:
+        HttpResponseParser(Callbacks()).feed_data(head)
+    except HttpParserError:
+        pass
+    return fields
+
+
+@pytest.mark.parametrize("build", RESPONSE_BUILDS)
+def test_a_plain_response_head_is_one_httptools_reads_the_same(build: str) -> None:
+    plain_response = RESPONSE_BUILDS[build]
+    plain_count = 0
+    for data in RESPONSE_CASES:
+        plain = plain_response(data)
+        assert plain == head_scan.plain_response(data), data
+        if plain is None:
+            continue
+        plain_count += 1
+        read = httptools_response(data)
+        assert read is not None, f"plain, but httptools refuses it: {data!r}"
+        status, keep_alive, length = read
+        assert (status, keep_alive) == plain and length >= 0, data
+    assert plain_count > 1000, "too few plain heads to prove anything"
+
+
+@pytest.mark.parametrize("build", RESPONSE_BUILDS)
+def test_response_heads_llhttp_must_judge_are_not_plain(build: str) -> None:
+    plain_response = RESPONSE_BUILDS[build]
+    judged = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",  # not all here
+        b"HTTP/1.1 200 OK\r\n\r\n",  # read until the close
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, x-hop\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+        b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 \xc3\xa9\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\n",
+    ]
+    for data in judged:
+        assert plain_response(data) is None, data
+
+
+def _answer(response: Callable[[bytes], bytes]) -> Callable[[Any, bytes], None]:
+    """An origin that answers each request (whole in the reads it is given) with ``response(head)``."""
+
+    def reply(origin: Any, data: bytes) -> None:
+        for head in data.split(b"\r\n\r\n")[:-1]:
+            origin.transport.write(response(head))
+
+    return reply
+
+
+async def test_plain_requests_end_refuse_and_close_as_parsed_ones_do(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    port, origins = await recording_origin(_answer(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    proxy = await start(port)
+    # an HTTP/1.0 request ends the connection after its answer: the request after it is never read
+    pipelined = b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.0\r\n\r\nGET /3 HTTP/1.1\r\nHost: t\r\n\r\n"
+    responses = parse_responses(await send_in_pieces(proxy.port, [pipelined]))
+    assert [(response.status, response.body) for response in responses] == [(200, b"ok"), (200, b"ok")]
+    upstream = b"".join(origin.data for origin in origins)
+    assert b"GET /1 HTTP/1.1\r\n" in upstream and b"GET /2 HTTP/1.0\r\n" in upstream and b"/3" not in upstream
+    # a plain head the proxy refuses: an HTTP/1.1 request without Host
+    (refused,) = parse_responses(await send_in_pieces(proxy.port, [b"GET /4 HTTP/1.1\r\nUser-Agent: t\r\n\r\n"]))
+    assert refused.status == 400 and b"without Host" in refused.body
+
+
+async def test_a_plain_response_keeps_its_connection_as_llhttp_would(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """A HEAD answer's Content-Length frames no body, and the next answer on that upstream connection is
+    read from its first byte; an answer with Connection: close is not pooled."""
+
+    def response(head: bytes) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        if b"/close" in head:
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+    port, origins = await recording_origin(_answer(response))
+    proxy = await start(port)
+    pieces = [b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /g HTTP/1.1\r\nHost: t\r\n\r\n"]
+    pieces += [
+        b"GET /close HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    ]
+    answer = await send_in_pieces(proxy.port, pieces)
+    head_answer, _, rest = answer.partition(b"\r\n\r\n")  # the HEAD's: a head alone, its length kept
+    assert head_answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 5" in head_answer
+    responses = parse_responses(rest)
+    assert [(response.status, response.body) for response in responses] == [
+        (200, b"hello"),
+        (200, b"bye"),
+        (200, b"hello"),
+    ]
+    # HEAD, GET and /close on the first upstream connection; after its close, a second one
+    assert [origin.data.count(b"\r\n\r\n") for origin in origins] == [3, 1]
