@@ -219,10 +219,8 @@ cdef extern from *:
         fastpipe_plain_bytes['_'] |= FASTPIPE_IN_NAME;
     }
 
-    static inline int fastpipe_is(const unsigned char *at, const unsigned char *stop, const char *lower) {
-        Py_ssize_t size = (Py_ssize_t)strlen(lower);
-        return stop - at == size && strncasecmp((const char *)at, lower, size) == 0;
-    }
+    /* Whether the bytes from at to stop are the lower-case literal, in any case (its size is known here). */
+    #define fastpipe_is(at, stop, literal) ((stop) - (at) == (Py_ssize_t)sizeof(literal) - 1 && strncasecmp((const char *)(at), (literal), sizeof(literal) - 1) == 0)
 
     /* The field line "name: value CRLF" at *at of a plain head: its name's end and its value's span (less
        the whitespace before it), *at moved past it; 0 when the line is not plain. */
@@ -252,6 +250,19 @@ cdef extern from *:
         return 1;
     }
 
+    /* (first, second): takes first's reference (NULL passes an error on), borrows second. */
+    static inline PyObject *fastpipe_pair(PyObject *first, PyObject *second) {
+        PyObject *pair;
+        if (first == NULL || (pair = PyTuple_New(2)) == NULL) {
+            Py_XDECREF(first);
+            return NULL;
+        }
+        Py_INCREF(second);
+        PyTuple_SET_ITEM(pair, 0, first);
+        PyTuple_SET_ITEM(pair, 1, second);
+        return pair;
+    }
+
     static const char *fastpipe_plain_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
     #define FASTPIPE_PLAIN_METHODS 7
     static PyObject *fastpipe_plain_requests[FASTPIPE_PLAIN_METHODS][2];  /* (method, keep_alive), made once */
@@ -259,7 +270,7 @@ cdef extern from *:
     static inline PyObject *fastpipe_plain_request_of(int method, int keep_alive) {
         PyObject **plain = &fastpipe_plain_requests[method][keep_alive];
         if (*plain == NULL) {
-            *plain = Py_BuildValue("(yO)", fastpipe_plain_methods[method], keep_alive ? Py_True : Py_False);
+            *plain = fastpipe_pair(PyBytes_FromString(fastpipe_plain_methods[method]), keep_alive ? Py_True : Py_False);
             if (*plain == NULL) {
                 return NULL;
             }
@@ -370,7 +381,7 @@ cdef extern from *:
         if (lengths != 1) {
             Py_RETURN_NONE;
         }
-        return Py_BuildValue("(iO)", status, keep_alive ? Py_True : Py_False);
+        return fastpipe_pair(PyLong_FromLong(status), keep_alive ? Py_True : Py_False);
     }
     """
     Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
