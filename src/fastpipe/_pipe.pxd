@@ -61,6 +61,7 @@ cdef class Pipe:
     cdef bint _still_attached(self, object observer, list dropped) except -1
     cdef list _detach(self, object observer, object exc, list dropped)
     cdef int _raise_finished(self) except -1
+    cdef int _feed_end(self, object end) except -1
     cdef int _finish_pushed(self, object end) except -1
     cdef int _cancel_pushed(self) except -1
     cdef int _end_pushed(self) except -1

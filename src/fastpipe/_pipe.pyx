@@ -393,11 +393,11 @@ cdef class Pipe:
             self._end_reason = checked
         self._feed_end(exc)
 
-    def _feed_end(self, end):
+    cdef int _feed_end(self, object end) except -1:
         if not self._pushed:
             raise RuntimeError(f"{'feed_eof' if end is _EOF else 'feed_error'}() is for pipes made by Pipe.pushed()")
         if self._state == STATE_CANCELLED:
-            return
+            return 0
         if self._state == STATE_IDLE:
             self._state = STATE_OPEN
         elif self._state != STATE_OPEN or self._pending_end is not None:
@@ -407,6 +407,7 @@ cdef class Pipe:
         else:
             self._pending_end = end
             self._wake_puller()
+        return 0
 
     def connect(self, sink):
         """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once."""

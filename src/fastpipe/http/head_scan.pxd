@@ -263,6 +263,20 @@ cdef extern from *:
         return pair;
     }
 
+    /* A plain Content-Length value (1 to 18 digits, nothing else), and the first of its head. */
+    static inline int fastpipe_plain_length(const unsigned char *value, const unsigned char *value_end, int *lengths) {
+        const unsigned char *digit;
+        if (++*lengths > 1 || value_end == value || value_end - value > 18) {
+            return 0;
+        }
+        for (digit = value; digit < value_end; digit++) {
+            if (*digit < '0' || *digit > '9') {
+                return 0;
+            }
+        }
+        return 1;
+    }
+
     static const char *fastpipe_plain_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
     #define FASTPIPE_PLAIN_METHODS 7
     static PyObject *fastpipe_plain_requests[FASTPIPE_PLAIN_METHODS][2];  /* (method, keep_alive), made once */
@@ -281,13 +295,14 @@ cdef extern from *:
 
     /* (method, keep_alive) of the request head from start to end (just past its blank line, as
        fastpipe_lean_head_end found it) when it is plain: a method of the list, an origin-form target,
-       HTTP/1.1 or 1.0, and no Content-Length, Transfer-Encoding, Connection, Proxy-Connection or Upgrade
-       field (so no body, no upgrade, and the version alone says keep-alive); else None. */
+       HTTP/1.1 or 1.0, at most one Content-Length, of at most 18 digits, and no Transfer-Encoding,
+       Connection, Proxy-Connection or Upgrade field (so no upgrade, and the version alone says
+       keep-alive); else None. */
     static inline PyObject *fastpipe_plain_request(PyObject *data, Py_ssize_t start, Py_ssize_t end) {
         const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(data);
         const unsigned char *at = base + start, *stop = base + end, *name, *name_end, *value, *value_end;
         Py_ssize_t length = 0;
-        int method, keep_alive;
+        int method, keep_alive, lengths = 0;
         fastpipe_plain_bytes_init();
         if (start < 0 || end > PyBytes_GET_SIZE(data) || start >= end) {
             Py_RETURN_NONE;
@@ -316,9 +331,9 @@ cdef extern from *:
         while (stop - at != 2) {  /* the blank line is the last two bytes */
             name = at;
             if (!fastpipe_plain_field(&at, stop, &name_end, &value, &value_end)
-                || fastpipe_is(name, name_end, "content-length") || fastpipe_is(name, name_end, "transfer-encoding")
-                || fastpipe_is(name, name_end, "connection") || fastpipe_is(name, name_end, "proxy-connection")
-                || fastpipe_is(name, name_end, "upgrade")) {
+                || fastpipe_is(name, name_end, "transfer-encoding") || fastpipe_is(name, name_end, "connection")
+                || fastpipe_is(name, name_end, "proxy-connection") || fastpipe_is(name, name_end, "upgrade")
+                || (fastpipe_is(name, name_end, "content-length") && !fastpipe_plain_length(value, value_end, &lengths))) {
                 Py_RETURN_NONE;
             }
         }
@@ -362,13 +377,8 @@ cdef extern from *:
                 Py_RETURN_NONE;
             }
             if (fastpipe_is(name, name_end, "content-length")) {
-                if (++lengths > 1 || value_end == value || value_end - value > 18) {
+                if (!fastpipe_plain_length(value, value_end, &lengths)) {
                     Py_RETURN_NONE;
-                }
-                for (digit = value; digit < value_end; digit++) {
-                    if (*digit < '0' || *digit > '9') {
-                        Py_RETURN_NONE;
-                    }
                 }
             } else if (fastpipe_is(name, name_end, "connection")) {
                 if (fastpipe_is(value, value_end, "close")) {

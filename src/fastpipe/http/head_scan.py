@@ -25,7 +25,7 @@ _NAME = re.compile(rb"[A-Za-z0-9_-]+")
 _TARGET = re.compile(rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _VALUE = re.compile(rb"[\t\x20-\x7e]*")
 _PLAIN_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
-_NOT_IN_PLAIN_REQUEST = (b"content-length", b"transfer-encoding", b"connection", b"proxy-connection", b"upgrade")
+_NOT_IN_PLAIN_REQUEST = (b"transfer-encoding", b"connection", b"proxy-connection", b"upgrade")
 _NOT_IN_PLAIN_RESPONSE = (b"transfer-encoding", b"proxy-connection", b"upgrade")
 
 
@@ -121,9 +121,9 @@ def plain_request(data: bytes, start: int, end: int) -> tuple[bytes, bool] | Non
     """``(method, keep_alive)`` of the request head from ``start`` to ``end`` (just past its blank line, as
     :func:`lean_head_end` found it) when it is plain, so that llhttp need not read it: every byte in a
     conservative subset of what llhttp accepts (a method of a short list, an origin-form target of URI
-    characters, HTTP/1.1 or 1.0, fields of letters, digits, ``-`` and ``_`` with printable values), and no
-    Content-Length, Transfer-Encoding, Connection, Proxy-Connection or Upgrade field: no body, no upgrade,
-    and the version alone says keep-alive. Else None, and llhttp decides."""
+    characters, HTTP/1.1 or 1.0, fields of letters, digits, ``-`` and ``_`` with printable values), at most
+    one Content-Length, of at most 18 digits, and no Transfer-Encoding, Connection, Proxy-Connection or
+    Upgrade field: no upgrade, and the version alone says keep-alive. Else None, and llhttp decides."""
     if not 0 <= start < end <= len(data):
         return None
     line_end = data.find(b"\r\n", start, end)
@@ -136,7 +136,14 @@ def plain_request(data: bytes, start: int, end: int) -> tuple[bytes, bool] | Non
     fields = _plain_fields(data, line_end + 2, end)
     if fields is None or any(name in _NOT_IN_PLAIN_REQUEST for name, _ in fields):
         return None
+    if not _plain_length([value for name, value in fields if name == b"content-length"]):
+        return None
     return method, version == b"HTTP/1.1"
+
+
+def _plain_length(values: list[bytes]) -> bool:
+    """Whether a head's Content-Length ``values`` are plain: at most one, of 1 to 18 digits and nothing else."""
+    return len(values) <= 1 and all(re.fullmatch(rb"[0-9]{1,18}", value) for value in values)
 
 
 def plain_response(data: bytes) -> tuple[int, bool] | None:
@@ -155,7 +162,7 @@ def plain_response(data: bytes) -> tuple[int, bool] | None:
     if fields is None or any(name in _NOT_IN_PLAIN_RESPONSE for name, _ in fields):
         return None
     lengths = [value for name, value in fields if name == b"content-length"]
-    if len(lengths) != 1 or not re.fullmatch(rb"[0-9]{1,18}", lengths[0]):
+    if len(lengths) != 1 or not _plain_length(lengths):
         return None
     keep_alive = True
     for name, value in fields:

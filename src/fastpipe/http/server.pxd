@@ -29,6 +29,7 @@ cdef class ProxyProtocol:
     cdef public object _on_request
     cdef public ProxyRoute _only_route
     cdef public bint _write_paused, _lost, _draining, _in_head, _head_began, _message_ended, _lingering
+    cdef public bint _plain_body
     cdef object __weakref__
 
     @cython.locals(route=ProxyRoute)
@@ -37,8 +38,11 @@ cdef class ProxyProtocol:
     @cython.locals(size=Py_ssize_t, at=Py_ssize_t, end=Py_ssize_t, left=Py_ssize_t, head=RequestHead, exchange=Exchange, plain=tuple)
     cpdef _feed(self, bytes data)
     cpdef on_message_begin(self)
+    cpdef on_body(self, bytes body)
     cpdef on_message_complete(self)
+    @cython.locals(exchange=Exchange)
     cpdef _plain_message(self, bytes method, bint keep_alive)
+    cpdef _lean_body(self, bytes piece, bint last)
     @cython.locals(exchange=Exchange, head=RequestHead)
     cpdef _head_complete(self, bytes method, bint keep_alive, bint lean)
     @cython.locals(data=bytes, version=int)

@@ -165,6 +165,7 @@ class ProxyProtocol:
         "_peer",
         "_pending_head",
         "_pipe",
+        "_plain_body",
         "_proxy",
         "_queue",
         "_read",
@@ -203,6 +204,7 @@ class ProxyProtocol:
         self._only_route = proxy.routing.only
         self._health_path = proxy.health_path
         self._parsing: Exchange | None = None  # the request being parsed
+        self._plain_body = False  # its head was plain: its body bypasses llhttp too (see _lean_body)
         # The read being parsed, while a request may begin at its first byte; then the read the request
         # being parsed began at the start of (for _request_version)
         self._read: bytes | None = None
@@ -376,7 +378,8 @@ class ProxyProtocol:
     def _feed(self, data: bytes) -> None:
         """Give a read to the parsers, each message whole to one of them. A head all in this read and with no
         Transfer-Encoding goes to the lean parser alone (on_headers_complete reads it from ``_line_read``),
-        then exactly its Content-Length body; from the first head that is not, the rest of the read goes to
+        then exactly its Content-Length body; a plain one (head_scan.plain_request) needs no parser at all.
+        From the first head that is not lean, the rest of the read goes to
         the full parser, which keeps the connection until a read begins between messages. (A chunked body's
         end is known only to the parser, so no head after one could be found for the lean parser.)"""
         size = len(data)
@@ -424,9 +427,9 @@ class ProxyProtocol:
             self._fed_at = at
             if left >= size - at:
                 if at < size:
-                    lean.feed_data(data if at == 0 else data[at:])
+                    self._lean_body(data if at == 0 else data[at:], left == size - at)
                 return
-            lean.feed_data(data[at : at + left])
+            self._lean_body(data[at : at + left], True)
             at += left
             exchange = self._parsing
 
@@ -451,11 +454,27 @@ class ProxyProtocol:
         self._head_complete(parser.get_method(), parser.should_keep_alive(), parser is self._lean)
 
     def _plain_message(self, method: bytes, keep_alive: bool) -> None:
-        """A plain head (see head_scan.plain_request): the steps llhttp's callbacks would have taken for its
-        message, without llhttp. (A BadRequest or _StopParsing comes out bare: no parser wraps it.)"""
+        """A plain head (see head_scan.plain_request): the steps llhttp's callbacks would have taken for it,
+        without llhttp; so too for its Content-Length body, if any (_lean_body). (A BadRequest or
+        _StopParsing comes out bare: no parser wraps it.)"""
         self.on_message_begin()
         self._head_complete(method, keep_alive, True)
-        self.on_message_complete()
+        exchange = self._parsing
+        if exchange is not None and exchange.content_length > 0:
+            self._plain_body = True
+        else:
+            self.on_message_complete()
+
+    def _lean_body(self, piece: bytes, last: bool) -> None:
+        """Body bytes of the lean parser's message (``last``: they end it), for llhttp to count, or, after a
+        plain head, taken as llhttp's callbacks would."""
+        if not self._plain_body:
+            self._lean.feed_data(piece)
+            return
+        self.on_body(piece)
+        if last:
+            self._plain_body = False
+            self.on_message_complete()
 
     def _head_complete(self, method: bytes, keep_alive: bool, lean: bool) -> None:
         """The request's head ended: check it, route it, start or queue the exchange. A ``lean`` head is read

@@ -29,6 +29,7 @@ cdef class UpstreamConnection:
     cdef object __weakref__
 
     cpdef begin(self, Exchange exchange)
+    cpdef on_message_begin(self)
     @cython.locals(parts=list, kind=int, length=Py_ssize_t)
     cdef _add_field(self, bytes name, bytes value)
     @cython.locals(fields=list, index=Py_ssize_t)
