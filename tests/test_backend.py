@@ -55,6 +55,39 @@ def test_absent_extension_falls_back_to_the_twin_with_a_warning() -> None:
     assert "RuntimeWarning" in result.stderr and "not built" in result.stderr
 
 
+def test_absent_extension_also_runs_the_request_path_from_source() -> None:
+    """The compiled request path calls the compiled Pipe in C, so without it the proxy's modules are the
+    .py ones too (and they import and serve with the twin)."""
+    script = HOOK.format(mode="absent") + textwrap.dedent(
+        """
+        import asyncio
+        from fastpipe._backend import is_compiled
+        from fastpipe.http import server, start_proxy, upstream
+        print("REQUEST-PATH-COMPILED", is_compiled(server), is_compiled(upstream))
+
+        async def main():
+            origin = await asyncio.start_server(answer, "127.0.0.1", 0)
+            proxy = await start_proxy("http://127.0.0.1:%d" % origin.sockets[0].getsockname()[1], port=0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.sockets[0].getsockname()[1])
+            writer.write(b"GET / HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n")
+            print("ANSWER", (await asyncio.wait_for(reader.read(), 10)).split(b"\\r\\n")[0].decode())
+
+        async def answer(reader, writer):
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+
+        asyncio.run(main())
+        """
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "FASTPIPE_NO_EXTENSIONS"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=environment, check=False
+    )
+    assert "EXTENSION False" in result.stdout, result.stderr
+    assert "REQUEST-PATH-COMPILED False False" in result.stdout, result.stderr
+    assert "ANSWER HTTP/1.1 200 OK" in result.stdout, result.stderr
+
+
 def test_broken_extension_raises_instead_of_falling_back() -> None:
     result = run_with("broken")
     assert "IMPORT-ERROR" in result.stdout

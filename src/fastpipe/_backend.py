@@ -1,8 +1,9 @@
 """Pick the Pipe implementation: the compiled type unless told otherwise.
 
 ``FASTPIPE_NO_EXTENSIONS`` (any value but empty or ``0``) selects the pure-Python twin, and so does any
-interpreter other than CPython. An *absent* extension falls back with a warning; a present but broken
-one raises, so a bad build never ships quietly as the slow twin.
+interpreter other than CPython. An *absent* extension falls back with a warning (and the compiled request
+path, which calls the compiled Pipe in C, then runs from its ``.py`` files too); a present but broken one
+raises, so a bad build never ships quietly as the slow twin.
 
 The same switch covers the compiled request path: modules such as ``fastpipe/http/upstream.py`` are also
 compiled, from the same source (Cython's pure-Python mode, with a ``.pxd`` beside them), and a compiled
@@ -82,6 +83,9 @@ else:
     except ModuleNotFoundError as exc:
         if exc.name != "fastpipe._pipe":
             raise
+        for finder in sys.meta_path:  # the compiled request path calls the compiled Pipe in C: not without it
+            if isinstance(finder, CompiledModules):
+                finder.prefer_source = True
         warnings.warn(
             "fastpipe: the compiled Pipe is not built, using the pure-Python twin "
             "(rebuild with `pip install -e .`, or set FASTPIPE_NO_EXTENSIONS=1 to silence this)",

@@ -56,6 +56,10 @@ cdef class Pipe:
     cdef object __weakref__
 
     cdef int _setup(self, object source, object owner, object on_release, object on_disconnect) except -1
+    # the push face's per-chunk calls, C calls from the compiled request path (http/upstream.pxd)
+    cpdef feed(self, chunk)
+    cpdef feed_eof(self)
+    cpdef connect(self, sink)
     cdef int _release(self) except -1
     cdef int _observe(self, object chunk) except -1
     cdef bint _still_attached(self, object observer, list dropped) except -1

@@ -353,7 +353,7 @@ cdef class Pipe:
 
     # -- the push face -----------------------------------------------------------------------------------
 
-    def feed(self, chunk):
+    cpdef feed(self, chunk):
         """Pass one chunk on; returns False (and drops it) when the pipe was cancelled."""
         cdef Py_ssize_t size
         if not self._pushed:
@@ -377,7 +377,7 @@ cdef class Pipe:
         self._wake_puller()
         return True
 
-    def feed_eof(self):
+    cpdef feed_eof(self):
         """The producer's body ended cleanly."""
         self._feed_end(_EOF)
 
@@ -409,7 +409,7 @@ cdef class Pipe:
             self._wake_puller()
         return 0
 
-    def connect(self, sink):
+    cpdef connect(self, sink):
         """Deliver to ``sink`` from now on: ``sink.write(chunk)`` per chunk, ``sink.end(pipe)`` once."""
         cdef Py_ssize_t size
         if not self._pushed:

@@ -19,7 +19,7 @@ from fastpipe.http import head_scan
 from fastpipe.http.limits import Limits
 
 from ._proxy_support import MakeRecordingOrigin, StartProxy, parse_responses
-from .test_head_scan import BUILDS, CASES, lean_parser_reads
+from .test_head_scan import BUILDS, CASES
 from .test_request_version import send_in_pieces
 
 PLAIN_REQUESTS = [

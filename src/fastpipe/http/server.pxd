@@ -6,6 +6,7 @@ cimport cython
 
 from fastpipe.http cimport clock, head_scan, joining
 
+from fastpipe._pipe cimport Pipe as CompiledPipe
 from fastpipe.gateway.balance cimport Server
 from fastpipe.http.deadlines cimport ConnectionDeadlines
 from fastpipe.http.exchange cimport Exchange
@@ -56,4 +57,4 @@ cdef class ProxyProtocol:
     cpdef _await_head(self, Exchange exchange)
     cpdef _finish(self, Exchange exchange, reason)
     @cython.locals(server=Server)
-    cpdef start_response(self, Exchange exchange, pipe, list parts, bint close_delimited)
+    cpdef start_response(self, Exchange exchange, CompiledPipe pipe, list parts, bint close_delimited)

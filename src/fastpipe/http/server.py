@@ -469,7 +469,9 @@ class ProxyProtocol:
         """Body bytes of the lean parser's message (``last``: they end it), for llhttp to count, or, after a
         plain head, taken as llhttp's callbacks would."""
         if not self._plain_body:
-            self._lean.feed_data(piece)
+            lean = self._lean
+            assert lean is not None
+            lean.feed_data(piece)
             return
         self.on_body(piece)
         if last:

@@ -6,6 +6,7 @@ cimport cython
 
 from fastpipe.http cimport head_scan, joining
 
+from fastpipe._pipe cimport Pipe as CompiledPipe
 from fastpipe.http.exchange cimport Exchange
 
 cdef int HEAD, LENGTH, CHUNKED, EMPTY, UNTIL_CLOSE, ENCODE, TUNNEL
@@ -19,7 +20,8 @@ cpdef tuple plain_response(bytes data)
 
 cdef class UpstreamConnection:
     cdef public UpstreamPool _pool
-    cdef public object _parser, _transport, _pipe, _released_callback
+    cdef public object _parser, _transport, _released_callback
+    cdef public CompiledPipe _pipe
     cdef public Exchange _exchange
     cdef public object _head_buf, _parts, _transfer_encoding, _upgrade, _drop_names
     cdef public int _mode, _spare_fd
@@ -40,7 +42,9 @@ cdef class UpstreamConnection:
     @cython.locals(buf=bytes, scan=Py_ssize_t, rest=Py_ssize_t, plain=tuple)
     cpdef _head_piece(self, data)
     cpdef _head_unfinished(self)
+    @cython.locals(pipe=CompiledPipe)
     cpdef _body_piece(self, piece)
+    @cython.locals(pipe=CompiledPipe)
     cpdef _complete(self)
     cpdef _drop_spare(self)
 
