@@ -393,6 +393,37 @@ cdef extern from *:
         }
         return fastpipe_pair(PyLong_FromLong(status), keep_alive ? Py_True : Py_False);
     }
+
+    /* Whether data from start on is one or more whole chunks of a chunked body, each "SIZE CRLF data CRLF"
+       with SIZE 1 to 15 hex digits and no extension (so not the last chunk): a parser between chunks before
+       them is between chunks after them, and llhttp need not read them. */
+    static inline int fastpipe_whole_chunks(PyObject *data, Py_ssize_t start) {
+        const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(data), *at = base + start, *digits;
+        const unsigned char *stop = base + PyBytes_GET_SIZE(data);
+        Py_ssize_t length;
+        int digit;
+        if (start < 0 || at >= stop) {
+            return 0;
+        }
+        while (at < stop) {
+            for (length = 0, digits = at; at < stop && at - digits <= 15; at++) {
+                digit = *at >= '0' && *at <= '9' ? *at - '0' : (*at | 0x20) >= 'a' && (*at | 0x20) <= 'f' ? (*at | 0x20) - 'a' + 10 : -1;
+                if (digit < 0) {
+                    break;
+                }
+                length = length * 16 + digit;
+            }
+            if (at == digits || at - digits > 15 || length == 0 || stop - at < 2 || at[0] != '\\r' || at[1] != '\\n') {
+                return 0;
+            }
+            at += 2;
+            if (stop - at < length + 2 || at[length] != '\\r' || at[length + 1] != '\\n') {
+                return 0;
+            }
+            at += length + 2;
+        }
+        return 1;
+    }
     """
     Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
     int request_line_version "fastpipe_request_line_version"(bytes data, bytes method, bytes target)
@@ -400,3 +431,4 @@ cdef extern from *:
     list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request)
     tuple plain_request "fastpipe_plain_request"(bytes data, Py_ssize_t start, Py_ssize_t end)
     tuple plain_response "fastpipe_plain_response"(bytes data)
+    bint whole_chunks "fastpipe_whole_chunks"(bytes data, Py_ssize_t start)

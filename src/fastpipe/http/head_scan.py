@@ -16,7 +16,15 @@ import re
 import sys
 from typing import Any
 
-__all__ = ("content_length", "lean_head_end", "plain_request", "plain_response", "read_head", "request_line_version")
+__all__ = (
+    "content_length",
+    "lean_head_end",
+    "plain_request",
+    "plain_response",
+    "read_head",
+    "request_line_version",
+    "whole_chunks",
+)
 
 _TRANSFER_ENCODING = b"transfer-encoding:"
 
@@ -171,3 +179,24 @@ def plain_response(data: bytes) -> tuple[int, bool] | None:
                 return None
             keep_alive = keep_alive and value.lower() != b"close"
     return status, keep_alive
+
+
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})\r\n")
+
+
+def whole_chunks(data: bytes, start: int) -> bool:
+    """Whether ``data`` from ``start`` on is one or more whole chunks of a chunked body, each ``SIZE CRLF data
+    CRLF`` with SIZE 1 to 15 hex digits and no extension (so not the last chunk): a parser between chunks
+    before them is between chunks after them, and llhttp need not read them."""
+    if not 0 <= start < len(data):
+        return False
+    at = start
+    while at < len(data):
+        size = _CHUNK_SIZE.match(data, at)
+        if size is None or int(size.group(1), 16) == 0:
+            return False
+        at = size.end() + int(size.group(1), 16)
+        if data[at : at + 2] != b"\r\n":
+            return False
+        at += 2
+    return True

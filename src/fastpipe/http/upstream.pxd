@@ -17,6 +17,7 @@ cdef tuple _SPECIALS
 cdef class UpstreamPool
 
 cpdef tuple plain_response(bytes data)
+cpdef bint whole_chunks(bytes data, Py_ssize_t start) except -1
 
 cdef class UpstreamConnection:
     cdef public UpstreamPool _pool
@@ -27,7 +28,7 @@ cdef class UpstreamConnection:
     cdef public int _mode, _spare_fd
     cdef public Py_ssize_t _scan, _content_length, _interim_bytes, _remaining
     cdef public bint _interim, _message_done, _desync, _keep_alive, _reusable, _body_unwanted, _write_paused
-    cdef public bint closed, got_bytes, reused
+    cdef public bint closed, got_bytes, reused, _between_chunks
     cdef object __weakref__
 
     cpdef begin(self, Exchange exchange)

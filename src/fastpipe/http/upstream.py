@@ -82,6 +82,12 @@ def plain_response(data: bytes) -> tuple[int, bool] | None:
     return head_scan.plain_response(data)
 
 
+def whole_chunks(data: bytes, start: int) -> bool:
+    """Whether ``data`` from ``start`` on is whole chunks llhttp need not read (see
+    :func:`head_scan.whole_chunks`)."""
+    return head_scan.whole_chunks(data, start)
+
+
 class UpstreamError(ConnectionError):
     """The upstream broke the exchange: reset, closed early, or sent something that is not HTTP/1.1."""
 
@@ -99,6 +105,7 @@ class UpstreamConnection:
     the compiled build makes it an extension type, which cannot derive from ``asyncio.Protocol``)."""
 
     __slots__ = (
+        "_between_chunks",
         "_body_unwanted",
         "_content_length",
         "_desync",
@@ -150,6 +157,7 @@ class UpstreamConnection:
         self._remaining = 0
         self._reusable = False
         self._body_unwanted = False  # the upstream answered and will close: stop sending the request body
+        self._between_chunks = False  # llhttp stands between two chunks of a chunked body (compiled build)
         self._spare_fd = -1  # a duplicate of the socket while a request body is written (see _salvage)
         self._write_paused = False
         self._released_callback = self._body_released
@@ -234,8 +242,12 @@ class UpstreamConnection:
         elif mode == HEAD:
             self._head_piece(data)
             return
-        elif mode == CHUNKED and not self._feed_parser(data):
-            return  # the parser tracks where a chunked body ends; a failure is already reported
+        elif mode == CHUNKED and not (self._between_chunks and whole_chunks(data, 0)):
+            # The parser tracks where a chunked body ends (a failure is already reported); whole chunks
+            # read from a chunk boundary leave it where it stands, so it need not read them.
+            self._between_chunks = False
+            if not self._feed_parser(data):
+                return
         self._body_piece(data)
 
     # -- writing the request ---------------------------------------------------------------------------
@@ -556,6 +568,8 @@ class UpstreamConnection:
         self._head_buf = b""
         scan = self._scan
         rest = len(buf) - scan
+        if self._mode == CHUNKED:  # (what followed the head, llhttp has read: whole chunks end between two)
+            self._between_chunks = _LEAN and (rest <= 0 or whole_chunks(buf, scan))
         if rest <= 0:
             piece: Any = b""
         elif rest < _SLICE_COPY_LIMIT:

@@ -1,11 +1,15 @@
-"""Plain heads, which the compiled request path reads without llhttp: every head either build calls plain
-is one httptools accepts and reads the same (method or status, keep-alive, no body or that Content-Length,
-no upgrade), over the fuzz corpus and thousands of mutations; the C and the source twin agree on every
-case; and through the proxy, the steps a plain head takes instead of llhttp's callbacks end exchanges,
-refuse requests and reuse connections as the callbacks do."""
+"""What the compiled request path reads without llhttp: plain heads and whole chunks.
+
+Every head either build calls plain is one httptools accepts and reads the same (method or status,
+keep-alive, that Content-Length, no upgrade), and every piece called whole chunks leaves httptools between
+two chunks with exactly their data read, over the fuzz corpus and thousands of mutations; the C and the
+source twin agree on every case; and through the proxy, the steps taken instead of llhttp's callbacks end
+exchanges, refuse requests, reuse connections and relay chunked bodies as the callbacks do.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +21,7 @@ import fastpipe.http.upstream as loaded_upstream
 from fastpipe._backend import NO_EXTENSIONS, is_compiled
 from fastpipe.http import head_scan
 from fastpipe.http.limits import Limits
+from fastpipe.http.upstream import whole_chunks
 
 from ._proxy_support import MakeRecordingOrigin, StartProxy, parse_responses
 from .test_head_scan import BUILDS, CASES
@@ -292,3 +297,93 @@ async def test_a_plain_response_keeps_its_connection_as_llhttp_would(
     ]
     # HEAD, GET and /close on the first upstream connection; after its close, a second one
     assert [origin.data.count(b"\r\n\r\n") for origin in origins] == [3, 1]
+
+
+CHUNK_PIECES = [
+    b"5\r\nhello\r\n",
+    b"1\r\n\n\r\n",
+    b"a\r\n0123456789\r\nA\r\n0123456789\r\n",
+    b"000f\r\ndata: event 1\n\n\r\n",
+    b"1b\r\ndata: {\"delta\": \"hi\"}\r\n\r\n\r\n",
+    b"3\r\n\r\n\r\r\n2\r\n\xff\x00\r\n",
+]
+CHUNK_CASES = CHUNK_PIECES + _mutations(CHUNK_PIECES, 4000, 3) + [b"0\r\n\r\n", b"5;ext=1\r\nhello\r\n", b" 5\r\nhello\r\n"]
+CHUNK_BUILDS: dict[str, Callable[[bytes, int], bool]] = {"source": head_scan.whole_chunks}
+if not NO_EXTENSIONS:
+    CHUNK_BUILDS["compiled"] = whole_chunks
+_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def httptools_chunks(piece: bytes) -> bytes | None:
+    """The body httptools reads from ``piece`` after a chunked head, when it then stands between two chunks
+    (the last chunk right after ends the message); None otherwise."""
+    body: list[bytes] = []
+    complete: list[bool] = []
+
+    class Callbacks:
+        def on_body(self, data: bytes) -> None:
+            body.append(data)
+
+        def on_message_complete(self) -> None:
+            complete.append(True)
+
+    parser = HttpResponseParser(Callbacks())
+    try:
+        parser.feed_data(_CHUNKED_HEAD + piece)
+        if complete:
+            return None
+        read = b"".join(body)
+        parser.feed_data(b"0\r\n\r\n")
+    except HttpParserError:
+        return None
+    return read if complete and b"".join(body) == read else None
+
+
+def _chunk_data(piece: bytes) -> bytes:
+    data, at = [], 0
+    while at < len(piece):
+        line_end = piece.index(b"\r\n", at)
+        size = int(piece[at:line_end], 16)
+        data.append(piece[line_end + 2 : line_end + 2 + size])
+        at = line_end + 4 + size
+    return b"".join(data)
+
+
+@pytest.mark.parametrize("build", CHUNK_BUILDS)
+def test_whole_chunks_are_ones_httptools_reads_the_same(build: str) -> None:
+    read_whole = CHUNK_BUILDS[build]
+    whole_count = 0
+    for piece in CHUNK_CASES:
+        whole = read_whole(piece, 0)
+        assert whole == head_scan.whole_chunks(piece, 0), piece
+        assert read_whole(b"xx" + piece, 2) == whole, piece  # from a start inside a read, the same
+        if not whole:
+            continue
+        whole_count += 1
+        assert httptools_chunks(piece) == _chunk_data(piece), piece
+    assert whole_count > 400, "too few whole pieces to prove anything"
+
+
+async def test_a_chunked_body_relays_whole_chunks_and_split_ones_alike(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """Whole chunks a read at a time, then a chunk split across reads (llhttp reads on from there), then more
+    whole chunks and the last one: the client gets every byte, and the connection is pooled after it."""
+    pieces = [b"4\r\none \r\n", b"4\r\ntwo \r\n3\r\nthr\r\n", b"6\r\nsp", b"lit \r\n", b"4\r\nlast\r\n", b"0\r\n\r\n"]
+
+    async def reply_later(origin: Any) -> None:
+        origin.transport.write(_CHUNKED_HEAD)
+        for piece in pieces:
+            await asyncio.sleep(0.02)
+            origin.transport.write(piece)
+
+    def reply(origin: Any, data: bytes) -> None:
+        for _ in data.split(b"\r\n\r\n")[:-1]:
+            asyncio.get_running_loop().create_task(reply_later(origin))
+
+    port, origins = await recording_origin(reply)
+    proxy = await start(port)
+    requests = [b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"]
+    responses = parse_responses(await send_in_pieces(proxy.port, requests))
+    assert [(response.status, response.body) for response in responses] == [(200, b"one two thrsplit last")] * 2
+    assert len(origins) == 1 and origins[0].data.count(b"\r\n\r\n") == 2
