@@ -304,10 +304,12 @@ CHUNK_PIECES = [
     b"1\r\n\n\r\n",
     b"a\r\n0123456789\r\nA\r\n0123456789\r\n",
     b"000f\r\ndata: event 1\n\n\r\n",
-    b"1b\r\ndata: {\"delta\": \"hi\"}\r\n\r\n\r\n",
+    b'1b\r\ndata: {"delta": "hi"}\r\n\r\n\r\n',
     b"3\r\n\r\n\r\r\n2\r\n\xff\x00\r\n",
 ]
-CHUNK_CASES = CHUNK_PIECES + _mutations(CHUNK_PIECES, 4000, 3) + [b"0\r\n\r\n", b"5;ext=1\r\nhello\r\n", b" 5\r\nhello\r\n"]
+CHUNK_CASES = (
+    CHUNK_PIECES + _mutations(CHUNK_PIECES, 4000, 3) + [b"0\r\n\r\n", b"5;ext=1\r\nhello\r\n", b" 5\r\nhello\r\n"]
+)
 CHUNK_BUILDS: dict[str, Callable[[bytes, int], bool]] = {"source": head_scan.whole_chunks}
 if not NO_EXTENSIONS:
     CHUNK_BUILDS["compiled"] = whole_chunks
