@@ -284,7 +284,7 @@ def _response_fields(data: bytes) -> list[tuple[bytes, bytes]]:
 @pytest.mark.parametrize("data", RESPONSE_HEADS)
 def test_a_response_head_read_from_its_bytes_is_what_the_per_header_callbacks_collect(data: bytes) -> None:
     parts = [b""]
-    fields = head_scan.read_head(data, 0, parts, tuple(RESPONSE_KINDS), False)
+    fields = head_scan.read_head(data, 0, parts, tuple(RESPONSE_KINDS), False, False)
     status_line = len(data) - len(data.lstrip(b"\r\n"))  # llhttp skips empty lines before a response
     assert fields[0] is None and fields[3] == data.index(b"\r\n\r\n", status_line) + 4
     read = [(parts[index], parts[index + 2]) for index in range(1, len(parts), 4)]

@@ -389,3 +389,70 @@ async def test_a_chunked_body_relays_whole_chunks_and_split_ones_alike(
     responses = parse_responses(await send_in_pieces(proxy.port, requests))
     assert [(response.status, response.body) for response in responses] == [(200, b"one two thrsplit last")] * 2
     assert len(origins) == 1 and origins[0].data.count(b"\r\n\r\n") == 2
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_plain_heads_forwarded_fields_as_runs_are_its_lines(build: str) -> None:
+    """Where nothing reads them by name, a plain head's forwarded fields go upstream as the runs of lines
+    they came in: the same lines, counted and sized the same, as the fields read one by one."""
+    module = BUILDS[build]
+    by_field, by_run = module.RequestHead(Limits()), module.RequestHead(Limits())
+    checked = 0
+    for data in REQUEST_CASES:
+        end = by_field.lean_end(data, 0)
+        if end < 0 or by_field.plain_request(data, 0, end) is None:
+            continue
+        outcomes = []
+        for head, runs in ((by_field, False), (by_run, True)):
+            head.reset()
+            try:
+                head.read(data[:end], runs)
+            except module.BadRequest as refused:
+                outcomes.append(("refused", refused.status))
+            else:
+                outcomes.append(("read", head.count, head.size, head.host, head.content_length, head.target))
+        assert outcomes[0] == outcomes[1], data
+        if outcomes[0][0] != "read":
+            continue
+        checked += 1
+        fields = by_field.parts[1:]
+        one_by_one = [(fields[index], fields[index + 2]) for index in range(0, len(fields), 4)]
+        lines = b"".join(by_run.parts[1:]).split(b"\r\n")[:-1]
+        as_lines = [(name, value.lstrip(b" \t")) for name, _, value in (line.partition(b":") for line in lines)]
+        assert as_lines == one_by_one, data
+        runs = [part for part in by_run.parts[1:] if part.endswith(b"\r\n") and part != b"\r\n"]
+        assert all(run in data for run in runs), data  # each run the lines as they came
+    assert checked > 1000, "too few plain heads to prove anything"
+
+
+def _request_fields(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of the request head httptools reads at the start of ``data``."""
+    fields: list[tuple[bytes, bytes]] = []
+
+    class Callbacks:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            fields.append((name, value))
+
+    HttpRequestParser(Callbacks()).feed_data(data[: data.index(b"\r\n\r\n") + 4])
+    return fields
+
+
+async def test_the_origin_reads_a_plain_heads_fields_as_the_client_sent_them(
+    start: StartProxy, recording_origin: MakeRecordingOrigin
+) -> None:
+    """Forwarded as runs of lines or one by one, the origin's parser reads the client's fields (less
+    Host, which the proxy writes itself, and plus the forwarding ones)."""
+    sent = (
+        b"POST /p HTTP/1.1\r\nX-A:   lead\r\nHost: t\r\nX-B: trail \t\r\nUser-Agent: u\r\nX_Under: 1\r\n"
+        b"Content-Length: 2\r\nAccept: */*\r\n\r\nhi"
+    )
+    port, origins = await recording_origin(_answer(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    proxy = await start(port)
+    answer = await send_in_pieces(proxy.port, [sent, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"])
+    assert [response.status for response in parse_responses(answer)] == [200, 200]
+    got = _request_fields(origins[0].data)
+    added = {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+    dropped = {b"host", b"x_under"}  # (underscored names are dropped, as nginx does by default)
+    expected = [field for field in _request_fields(sent) if field[0].lower() not in dropped]
+    assert sorted(field for field in got if field[0].lower() not in added) == sorted(expected)
+    assert origins[0].data.split(b"\r\n\r\n", 1)[1].startswith(b"hi")

@@ -68,9 +68,9 @@ cdef extern from *:
         return 1;
     }
 
-    static inline PyObject *fastpipe_read_head(PyObject *data, Py_ssize_t start, PyObject *parts, PyObject *specials, int request) {
+    static inline PyObject *fastpipe_read_head(PyObject *data, Py_ssize_t start, PyObject *parts, PyObject *specials, int request, int runs) {
         const char *base = PyBytes_AS_STRING(data), *stop = base + PyBytes_GET_SIZE(data);
-        const char *at, *space, *colon, *cr, *value;
+        const char *at, *space, *colon, *cr, *value, *run = NULL;
         Py_ssize_t count = 0, size = 0, index;
         PyObject *fields, *item;
         static PyObject *colon_space = NULL, *crlf = NULL;  /* made once, kept for the process's life */
@@ -119,7 +119,9 @@ cdef extern from *:
             for (value = colon + 1; value < cr && (*value == ' ' || *value == '\\t'); value++) {
             }
             if (fastpipe_forwarded_unread(at, colon - at, specials)) {
-                if (fastpipe_append_span(parts, at, colon - at) < 0
+                if (runs) {
+                    run = run == NULL ? at : run;  /* its line joins the run of lines forwarded as they came */
+                } else if (fastpipe_append_span(parts, at, colon - at) < 0
                     || PyList_Append(parts, colon_space) < 0
                     || fastpipe_append_span(parts, value, cr - value) < 0
                     || PyList_Append(parts, crlf) < 0) {
@@ -127,9 +129,20 @@ cdef extern from *:
                 }
                 count += 1;
                 size += (colon - at) + (cr - value) + 4;
-            } else if (fastpipe_append_span(fields, at, colon - at) < 0 || fastpipe_append_span(fields, value, cr - value) < 0) {
+                continue;
+            }
+            if (run != NULL) {
+                if (fastpipe_append_span(parts, run, at - run) < 0) {
+                    goto failed;
+                }
+                run = NULL;
+            }
+            if (fastpipe_append_span(fields, at, colon - at) < 0 || fastpipe_append_span(fields, value, cr - value) < 0) {
                 goto failed;
             }
+        }
+        if (run != NULL && fastpipe_append_span(parts, run, at - run) < 0) {
+            goto failed;
         }
         if (at + 1 >= stop || at[1] != '\\n') {
             goto malformed;  /* no blank line */
@@ -428,7 +441,7 @@ cdef extern from *:
     Py_ssize_t lean_head_end "fastpipe_lean_head_end"(bytes data, Py_ssize_t start)
     int request_line_version "fastpipe_request_line_version"(bytes data, bytes method, bytes target)
     Py_ssize_t content_length "fastpipe_content_length"(bytes value)
-    list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request)
+    list read_head "fastpipe_read_head"(bytes data, Py_ssize_t start, list parts, tuple specials, bint request, bint runs)
     tuple plain_request "fastpipe_plain_request"(bytes data, Py_ssize_t start, Py_ssize_t end)
     tuple plain_response "fastpipe_plain_response"(bytes data)
     bint whole_chunks "fastpipe_whole_chunks"(bytes data, Py_ssize_t start)

@@ -56,13 +56,16 @@ def lean_head_end(data: bytes, start: int) -> int:
     return end + 4
 
 
-def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes, ...], request: bool) -> list[Any]:
+def read_head(
+    data: bytes, start: int, parts: list[bytes], specials: tuple[bytes, ...], request: bool, runs: bool
+) -> list[Any]:
     """The fields of the head at ``start`` of ``data`` (after any empty lines), which llhttp accepted, as
     its callbacks give them: each value without the whitespace before it (what follows it stays). Those
     the proxy forwards unread (a name of letters, digits and ``-`` not among the lower-case ``specials``)
-    go straight onto ``parts`` as name, ": ", value, CRLF; the rest are returned, for the head's own
-    classification: ``[target, forwarded count, forwarded size, end, name, value, name, value, ...]``, the
-    target that of a ``request`` (else None), ``end`` where the head ends in ``data``."""
+    go straight onto ``parts`` as name, ": ", value, CRLF, or with ``runs`` each run of such lines as one
+    part, as they came (for a plain head that nothing reads by name); the rest are returned, for the head's
+    own classification: ``[target, forwarded count, forwarded size, end, name, value, name, value, ...]``,
+    the target that of a ``request`` (else None), ``end`` where the head ends in ``data``."""
     if not 0 <= start <= len(data):
         raise ValueError("start outside the bytes")
     at = start
@@ -75,17 +78,26 @@ def read_head(data: bytes, start: int, parts: list[bytes], specials: tuple[bytes
         target = next(word for word in words[1:] if word)  # llhttp takes more than one space
     end = data.index(b"\r\n\r\n", line_end) + 4
     fields: list[Any] = [target, 0, 0, end]
+    run: list[bytes] = []
     for line in data[line_end + 2 : end - 4].split(b"\r\n") if end - 4 > line_end else ():
         name, colon, value = line.partition(b":")
         if not colon:
             raise ValueError("not a head llhttp accepted")
         value = value.lstrip(b" \t")
         if name.replace(b"-", b"").isalnum() and name.lower() not in specials:
-            parts += (name, b": ", value, b"\r\n")
+            if runs:
+                run.append(line + b"\r\n")
+            else:
+                parts += (name, b": ", value, b"\r\n")
             fields[1] += 1
             fields[2] += len(name) + len(value) + 4
-        else:
-            fields += (name, value)
+            continue
+        if run:
+            parts.append(b"".join(run))
+            run = []
+        fields += (name, value)
+    if run:
+        parts.append(b"".join(run))
     return fields
 
 

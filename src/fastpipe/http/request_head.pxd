@@ -21,7 +21,7 @@ cdef class RequestHead:
     cpdef Py_ssize_t lean_end(self, bytes data, Py_ssize_t start)
     cpdef tuple plain_request(self, bytes data, Py_ssize_t start, Py_ssize_t end)
     @cython.locals(parts=list, fields=list, index=Py_ssize_t)
-    cpdef read(self, bytes head)
+    cpdef read(self, bytes head, bint runs=*)
     cpdef tuple check(self, method, version)
     cpdef bytes upstream_bytes(self, method, http10, chunked, forwarding, route, target, tunnel=*)
 

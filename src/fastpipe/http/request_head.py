@@ -137,12 +137,14 @@ class RequestHead:
         need not read at all; else None (see :func:`head_scan.plain_request`)."""
         return head_scan.plain_request(data, start, end)
 
-    def read(self, head: bytes) -> None:
-        """Collect a whole head that llhttp accepted, as its per-header callbacks would have; the fields
-        forwarded unread go onto the parts in C, only the others through :meth:`add_header`."""
+    def read(self, head: bytes, runs: bool = False) -> None:
+        """Collect a whole head that llhttp accepted (or would: a plain one), as its per-header callbacks
+        would have; the fields forwarded unread go onto the parts in C, only the others through
+        :meth:`add_header`. With ``runs`` (a plain head no hook or route reads by name) each run of
+        forwarded lines is one part, the lines as they came (see :func:`head_scan.read_head`)."""
         parts = self.parts
         assert parts is not None
-        fields = head_scan.read_head(head, 0, parts, _SPECIALS, True)
+        fields = head_scan.read_head(head, 0, parts, _SPECIALS, True, runs)
         self.target = fields[0]
         self.count += fields[1]
         self.size += fields[2]

@@ -183,6 +183,8 @@ class Routing:
         self._by_route = {route.route: route for route in self.routes}
         self.by_name = {route.name: route for route in self.routes}
         self.links_of = links_of
+        # whether a route sets request headers (and so drops the client's of those names from the parts)
+        self.sets_request_headers = any(route.set_names is not None for route in self.routes)
         # one catch-all route: every request takes it without matching
         self.only: ProxyRoute | None = None
         if len(self.routes) == 1 and self.routes[0].route.host is None and self.routes[0].route.prefix == b"/":

@@ -30,7 +30,7 @@ cdef class ProxyProtocol:
     cdef public object _on_request
     cdef public ProxyRoute _only_route
     cdef public bint _write_paused, _lost, _draining, _in_head, _head_began, _message_ended, _lingering
-    cdef public bint _plain_body
+    cdef public bint _plain_body, _field_runs
     cdef object __weakref__
 
     @cython.locals(route=ProxyRoute)
@@ -45,7 +45,7 @@ cdef class ProxyProtocol:
     cpdef _plain_message(self, bytes method, bint keep_alive)
     cpdef _lean_body(self, bytes piece, bint last)
     @cython.locals(exchange=Exchange, head=RequestHead)
-    cpdef _head_complete(self, bytes method, bint keep_alive, bint lean)
+    cpdef _head_complete(self, bytes method, bint keep_alive, bint lean, bint runs)
     @cython.locals(data=bytes, version=int)
     cpdef str _request_version(self, bytes method, bytes target)
     cpdef _start(self, Exchange exchange)

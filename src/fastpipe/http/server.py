@@ -141,6 +141,7 @@ class ProxyProtocol:
         "_drain_timer",
         "_draining",
         "_fed_at",
+        "_field_runs",
         "_forwarding",
         "_full",
         "_gate",
@@ -202,6 +203,9 @@ class ProxyProtocol:
         self._on_request = proxy.on_request
         self._observes_responses = proxy.observes_responses
         self._only_route = proxy.routing.only
+        # a plain head's forwarded fields may go upstream as the runs of lines they came in: nothing reads
+        # them by name (no on_request hook, no route that sets request headers)
+        self._field_runs = self._on_request is None and not proxy.routing.sets_request_headers
         self._health_path = proxy.health_path
         self._parsing: Exchange | None = None  # the request being parsed
         self._plain_body = False  # its head was plain: its body bypasses llhttp too (see _lean_body)
@@ -451,14 +455,14 @@ class ProxyProtocol:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._head_complete(parser.get_method(), parser.should_keep_alive(), parser is self._lean)
+        self._head_complete(parser.get_method(), parser.should_keep_alive(), parser is self._lean, False)
 
     def _plain_message(self, method: bytes, keep_alive: bool) -> None:
         """A plain head (see head_scan.plain_request): the steps llhttp's callbacks would have taken for it,
         without llhttp; so too for its Content-Length body, if any (_lean_body). (A BadRequest or
         _StopParsing comes out bare: no parser wraps it.)"""
         self.on_message_begin()
-        self._head_complete(method, keep_alive, True)
+        self._head_complete(method, keep_alive, True, self._field_runs)
         exchange = self._parsing
         if exchange is not None and exchange.content_length > 0:
             self._plain_body = True
@@ -478,9 +482,10 @@ class ProxyProtocol:
             self._plain_body = False
             self.on_message_complete()
 
-    def _head_complete(self, method: bytes, keep_alive: bool, lean: bool) -> None:
+    def _head_complete(self, method: bytes, keep_alive: bool, lean: bool, runs: bool) -> None:
         """The request's head ended: check it, route it, start or queue the exchange. A ``lean`` head is read
-        here from its bytes (``_line_read``: it begins its piece); any other came in by callbacks."""
+        here from its bytes (``_line_read``: it begins its piece), its forwarded fields as ``runs`` of lines
+        where it is plain and nothing reads them by name; any other came in by callbacks."""
         exchange = self._parsing
         assert exchange is not None
         self._in_head = False
@@ -488,7 +493,7 @@ class ProxyProtocol:
         if lean:
             lean_head = self._line_read
             assert lean_head is not None
-            head.read(lean_head)
+            head.read(lean_head, runs)
         http10, chunked = head.check(method, self._request_version(method, head.target))
         exchange.method = method
         exchange.target = head.target

@@ -379,7 +379,7 @@ class UpstreamConnection:
         """Collect the fields of the head llhttp just accepted, from its bytes (CRLF line ends, so never a
         guessed boundary); where it ends in the head buffer."""
         try:
-            fields = head_scan.read_head(self._head_buf, self._scan, self._parts, _SPECIALS, False)
+            fields = head_scan.read_head(self._head_buf, self._scan, self._parts, _SPECIALS, False, False)
         except ValueError:
             raise _BadResponse("a response head llhttp accepted but the proxy cannot read") from None
         for index in range(4, len(fields), 2):
