@@ -77,13 +77,12 @@ HEADS = [
 ]
 
 
-def _mutations(count: int) -> list[bytes]:
-    """Heads with one byte changed, inserted or removed (a fixed seed: the same cases every run)."""
-    chooser = random.Random(20261201)
-    alphabet = b" \t\r\n:_-aZ09\x00\x7f\xff,;=/"
+def mutations(seeds: list[bytes], count: int, seed: int, alphabet: bytes) -> list[bytes]:
+    """Seeds with one byte changed, inserted or removed (a fixed seed: the same cases every run)."""
+    chooser = random.Random(seed)
     made = []
     for _ in range(count):
-        head = bytearray(chooser.choice(HEADS))
+        head = bytearray(chooser.choice(seeds))
         at = chooser.randrange(len(head))
         action = chooser.randrange(3)
         if action == 0:
@@ -96,7 +95,7 @@ def _mutations(count: int) -> list[bytes]:
     return made
 
 
-CASES = HEADS + _mutations(3000)
+CASES = HEADS + mutations(HEADS, 3000, 20261201, b" \t\r\n:_-aZ09\x00\x7f\xff,;=/")
 
 
 def _by_name(parts: list[bytes] | None) -> list[tuple[bytes, bytes]] | None:
@@ -267,7 +266,7 @@ RESPONSE_HEADS = [
 ]
 
 
-def _response_fields(data: bytes) -> list[tuple[bytes, bytes]]:
+def response_fields(data: bytes) -> list[tuple[bytes, bytes]]:
     fields: list[tuple[bytes, bytes]] = []
 
     class Callbacks:
@@ -289,7 +288,7 @@ def test_a_response_head_read_from_its_bytes_is_what_the_per_header_callbacks_co
     assert fields[0] is None and fields[3] == data.index(b"\r\n\r\n", status_line) + 4
     read = [(parts[index], parts[index + 2]) for index in range(1, len(parts), 4)]
     read += [(fields[index], fields[index + 1]) for index in range(4, len(fields), 2)]
-    expected = _response_fields(data)
+    expected = response_fields(data)
     assert sorted(read, key=lambda field: field[0].lower()) == sorted(expected, key=lambda field: field[0].lower())
 
 
@@ -312,7 +311,7 @@ async def test_the_proxy_forwards_response_fields_as_httptools_reads_them(
     (response,) = parse_responses(answer)
     assert (response.status, response.body) == (200, b"hello")
     hop_by_hop = {b"connection", b"x-hop"}
-    sent = [field for field in _response_fields(head + b"hello") if field[0].lower() not in hop_by_hop]
+    sent = [field for field in response_fields(head + b"hello") if field[0].lower() not in hop_by_hop]
     got = [field for field in response.headers if field[0].lower() != b"connection"]
     assert sorted(got, key=lambda field: field[0].lower()) == sorted(sent, key=lambda field: field[0].lower())
 

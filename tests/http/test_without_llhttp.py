@@ -10,7 +10,6 @@ exchanges, refuse requests, reuse connections and relay chunked bodies as the ca
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from fastpipe.http.limits import Limits
 from fastpipe.http.upstream import whole_chunks
 
 from ._proxy_support import MakeRecordingOrigin, StartProxy, parse_responses
-from .test_head_scan import BUILDS, CASES
+from .test_head_scan import BUILDS, CASES, mutations, response_fields
 from .test_request_version import send_in_pieces
 
 PLAIN_REQUESTS = [
@@ -42,25 +41,7 @@ PLAIN_REQUESTS = [
 ALPHABET = b' \t\r\n:_-aZ09\x00\x7f\x80\xff,;=/?#%"<>\\^`{|}[]'
 
 
-def _mutations(seeds: list[bytes], count: int, seed: int) -> list[bytes]:
-    """Seeds with one byte changed, inserted or removed (a fixed seed: the same cases every run)."""
-    chooser = random.Random(seed)
-    made = []
-    for _ in range(count):
-        head = bytearray(chooser.choice(seeds))
-        at = chooser.randrange(len(head))
-        action = chooser.randrange(3)
-        if action == 0:
-            head[at] = chooser.choice(ALPHABET)
-        elif action == 1:
-            head.insert(at, chooser.choice(ALPHABET))
-        else:
-            del head[at]
-        made.append(bytes(head))
-    return made
-
-
-REQUEST_CASES = CASES + PLAIN_REQUESTS + _mutations(PLAIN_REQUESTS, 4000, 20261201)
+REQUEST_CASES = CASES + PLAIN_REQUESTS + mutations(PLAIN_REQUESTS, 4000, 20261201, ALPHABET)
 
 
 def httptools_request(head: bytes) -> tuple[bytes, bool, str, int] | None:
@@ -158,7 +139,7 @@ PLAIN_RESPONSES = [
     b"HTTP/1.1 599 x\ty\r\nSet-Cookie: a=1; Path=/\r\nContent-Length: 123456789012345678\r\n\r\n",
     b"HTTP/1.1 302 Found\r\nLocation: /next?a=b\r\nContent-Length: 5\r\n\r\nhello",
 ]
-RESPONSE_CASES = PLAIN_RESPONSES + _mutations(PLAIN_RESPONSES, 4000, 1130)
+RESPONSE_CASES = PLAIN_RESPONSES + mutations(PLAIN_RESPONSES, 4000, 1130, ALPHABET)
 RESPONSE_BUILDS: dict[str, Callable[[bytes], Any]] = {"source": head_scan.plain_response}
 if not NO_EXTENSIONS:
     assert is_compiled(loaded_upstream), "the compiled request path did not load"
@@ -182,23 +163,9 @@ def httptools_response(data: bytes) -> tuple[int, bool, int] | None:
         return None
     if "head" not in seen:
         return None
-    lengths = [value for name, value in _fields(data[: head_end + 4]) if name.lower() == b"content-length"]
+    lengths = [value for name, value in response_fields(data[: head_end + 4]) if name.lower() == b"content-length"]
     status, keep_alive = seen["head"]
     return status, keep_alive, int(lengths[0]) if len(lengths) == 1 else -1
-
-
-def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
-    fields: list[tuple[bytes, bytes]] = []
-
-    class Callbacks:
-        def on_header(self, name: bytes, value: bytes) -> None:
-            fields.append((name, value))
-
-    try:
-        HttpResponseParser(Callbacks()).feed_data(head)
-    except HttpParserError:
-        pass
-    return fields
 
 
 @pytest.mark.parametrize("build", RESPONSE_BUILDS)
@@ -307,9 +274,8 @@ CHUNK_PIECES = [
     b'1b\r\ndata: {"delta": "hi"}\r\n\r\n\r\n',
     b"3\r\n\r\n\r\r\n2\r\n\xff\x00\r\n",
 ]
-CHUNK_CASES = (
-    CHUNK_PIECES + _mutations(CHUNK_PIECES, 4000, 3) + [b"0\r\n\r\n", b"5;ext=1\r\nhello\r\n", b" 5\r\nhello\r\n"]
-)
+NOT_WHOLE = [b"0\r\n\r\n", b"5;ext=1\r\nhello\r\n", b" 5\r\nhello\r\n"]
+CHUNK_CASES = CHUNK_PIECES + mutations(CHUNK_PIECES, 4000, 3, ALPHABET) + NOT_WHOLE
 CHUNK_BUILDS: dict[str, Callable[[bytes, int], bool]] = {"source": head_scan.whole_chunks}
 if not NO_EXTENSIONS:
     CHUNK_BUILDS["compiled"] = whole_chunks
