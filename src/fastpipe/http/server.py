@@ -383,9 +383,9 @@ class ProxyProtocol:
         """Give a read to the parsers, each message whole to one of them. A head all in this read and with no
         Transfer-Encoding goes to the lean parser alone (on_headers_complete reads it from ``_line_read``),
         then exactly its Content-Length body; a plain one (head_scan.plain_request) needs no parser at all.
-        From the first head that is not lean, the rest of the read goes to
-        the full parser, which keeps the connection until a read begins between messages. (A chunked body's
-        end is known only to the parser, so no head after one could be found for the lean parser.)"""
+        From the first head that is not lean, the rest of the read goes to the full parser, which keeps the
+        connection until a read begins between messages. (A chunked body's end is known only to the parser,
+        so no head after one could be found for the lean parser.)"""
         size = len(data)
         at = 0
         lean = self._lean
