@@ -290,6 +290,37 @@ cdef extern from *:
         return 1;
     }
 
+    /* The field lines of a plain head from *at to its blank line (*at left on it): each plain, and none of
+       the fields llhttp acts on itself but at most one plain Content-Length (*lengths counts them) and, in a
+       response, a Connection of only "close" (which clears *keep_alive) or "keep-alive"; 0 when any is not. */
+    static inline int fastpipe_plain_fields(const unsigned char **at, const unsigned char *stop, int response,
+                                            int *lengths, int *keep_alive) {
+        const unsigned char *name, *name_end, *value, *value_end;
+        while (!(stop - *at >= 2 && (*at)[0] == '\\r' && (*at)[1] == '\\n')) {
+            name = *at;
+            if (!fastpipe_plain_field(at, stop, &name_end, &value, &value_end)
+                || fastpipe_is(name, name_end, "transfer-encoding") || fastpipe_is(name, name_end, "proxy-connection")
+                || fastpipe_is(name, name_end, "upgrade")) {
+                return 0;
+            }
+            if (fastpipe_is(name, name_end, "content-length")) {
+                if (!fastpipe_plain_length(value, value_end, lengths)) {
+                    return 0;
+                }
+            } else if (fastpipe_is(name, name_end, "connection")) {
+                if (!response) {
+                    return 0;  /* a request's keep-alive is then llhttp's to say */
+                }
+                if (fastpipe_is(value, value_end, "close")) {
+                    *keep_alive = 0;
+                } else if (!fastpipe_is(value, value_end, "keep-alive")) {
+                    return 0;
+                }
+            }
+        }
+        return 1;
+    }
+
     static const char *fastpipe_plain_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
     #define FASTPIPE_PLAIN_METHODS 7
     static PyObject *fastpipe_plain_requests[FASTPIPE_PLAIN_METHODS][2];  /* (method, keep_alive), made once */
@@ -313,7 +344,7 @@ cdef extern from *:
        keep-alive); else None. */
     static inline PyObject *fastpipe_plain_request(PyObject *data, Py_ssize_t start, Py_ssize_t end) {
         const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(data);
-        const unsigned char *at = base + start, *stop = base + end, *name, *name_end, *value, *value_end;
+        const unsigned char *at = base + start, *stop = base + end;
         Py_ssize_t length = 0;
         int method, keep_alive, lengths = 0;
         fastpipe_plain_bytes_init();
@@ -341,17 +372,8 @@ cdef extern from *:
         }
         keep_alive = at[8] == '1';
         at += 11;
-        while (stop - at != 2) {  /* the blank line is the last two bytes */
-            name = at;
-            if (!fastpipe_plain_field(&at, stop, &name_end, &value, &value_end)
-                || fastpipe_is(name, name_end, "transfer-encoding") || fastpipe_is(name, name_end, "connection")
-                || fastpipe_is(name, name_end, "proxy-connection") || fastpipe_is(name, name_end, "upgrade")
-                || (fastpipe_is(name, name_end, "content-length") && !fastpipe_plain_length(value, value_end, &lengths))) {
-                Py_RETURN_NONE;
-            }
-        }
-        if (at[0] != '\\r' || at[1] != '\\n') {
-            Py_RETURN_NONE;
+        if (!fastpipe_plain_fields(&at, stop, 0, &lengths, &keep_alive) || stop - at != 2) {
+            Py_RETURN_NONE;  /* (and the blank line fastpipe_lean_head_end found is the first) */
         }
         return fastpipe_plain_request_of(method, keep_alive);
     }
@@ -362,7 +384,7 @@ cdef extern from *:
        None. */
     static inline PyObject *fastpipe_plain_response(PyObject *data) {
         const unsigned char *at = (const unsigned char *)PyBytes_AS_STRING(data);
-        const unsigned char *stop = at + PyBytes_GET_SIZE(data), *name, *name_end, *value, *value_end, *digit;
+        const unsigned char *stop = at + PyBytes_GET_SIZE(data), *digit;
         int status, lengths = 0, keep_alive = 1;
         fastpipe_plain_bytes_init();
         if (stop - at < 13 || memcmp(at, "HTTP/1.1 ", 9) != 0 || at[12] != ' ') {
@@ -382,26 +404,8 @@ cdef extern from *:
         if (stop - at < 2 || at[0] != '\\r' || at[1] != '\\n') {
             Py_RETURN_NONE;
         }
-        for (at += 2; !(stop - at >= 2 && at[0] == '\\r' && at[1] == '\\n');) {
-            name = at;
-            if (!fastpipe_plain_field(&at, stop, &name_end, &value, &value_end)
-                || fastpipe_is(name, name_end, "transfer-encoding") || fastpipe_is(name, name_end, "proxy-connection")
-                || fastpipe_is(name, name_end, "upgrade")) {
-                Py_RETURN_NONE;
-            }
-            if (fastpipe_is(name, name_end, "content-length")) {
-                if (!fastpipe_plain_length(value, value_end, &lengths)) {
-                    Py_RETURN_NONE;
-                }
-            } else if (fastpipe_is(name, name_end, "connection")) {
-                if (fastpipe_is(value, value_end, "close")) {
-                    keep_alive = 0;
-                } else if (!fastpipe_is(value, value_end, "keep-alive")) {
-                    Py_RETURN_NONE;
-                }
-            }
-        }
-        if (lengths != 1) {
+        at += 2;
+        if (!fastpipe_plain_fields(&at, stop, 1, &lengths, &keep_alive) || lengths != 1) {
             Py_RETURN_NONE;
         }
         return fastpipe_pair(PyLong_FromLong(status), keep_alive ? Py_True : Py_False);

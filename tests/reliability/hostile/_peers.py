@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,16 +60,25 @@ class RawResult:
     malformed: str | None
 
 
-async def raw_exchange(port: int, data: bytes, *, timeout: float = 3.0, pieces: int = 1) -> RawResult:
-    """Send ``data`` (in ``pieces`` writes) on a fresh connection; read until the proxy closes it."""
+async def raw_exchange(
+    port: int, data: bytes | list[bytes], *, timeout: float = 3.0, pieces: int = 1, pause: float = 0.0
+) -> RawResult:
+    """Send ``data`` (in ``pieces`` writes, or the writes a list gives, ``pause`` seconds apart: with a
+    pause, each its own segment) on a fresh connection; read until the proxy closes it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if pause:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(data, bytes):
+        step = max(1, len(data) // pieces)
+        data = [data[start : start + step] for start in range(0, len(data), step)]
     received = b""
     closed = False
     try:
-        step = max(1, len(data) // pieces)
         with contextlib.suppress(ConnectionError):
-            for start in range(0, len(data), step):
-                writer.write(data[start : start + step])
+            for index, piece in enumerate(data):
+                if index and pause:
+                    await asyncio.sleep(pause)
+                writer.write(piece)
                 await writer.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -152,6 +153,27 @@ async def test_connection_cannot_strip_the_request_length(backend: Backend, conn
     assert echo["path"] == "/victim"
     seen = backend.entries()
     assert [entry["path"] for entry in seen] == ["/victim"], f"{backend.name} parsed {seen}"
+
+
+@pytest.mark.parametrize("split", [(), (9,), (9, 30), (-40,)], ids=["one-read", "head+9", "three-reads", "head-split"])
+async def test_a_plain_upload_reaches_the_back_end_whole_and_alone(backend: Backend, split: tuple[int, ...]) -> None:
+    """A plain request's body is counted without llhttp (in the compiled build): a body that looks like the
+    start of a request, in the head's read or split over later ones (or a head split itself, for llhttp), and
+    the request pipelined after it reach the back end as that body and that request, and nothing is left on
+    the pooled connection for the next client."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: backend.test\r\nX-Swallow: "
+    head = b"POST /upload HTTP/1.1\r\nHost: backend.test\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+    head %= len(smuggled)
+    data = head + smuggled + b"GET /next HTTP/1.1\r\nHost: backend.test\r\nConnection: close\r\n\r\n"
+    cuts = [0, *(len(head) + offset for offset in split), len(data)]  # offsets into the body (or the head)
+    pieces = [data[start:stop] for start, stop in itertools.pairwise(cuts)]
+    async with proxy_to(backend) as port:
+        result = await raw_exchange(port, pieces, pause=0.02)
+        assert [response.status for response in result.responses] == [200, 200]
+        echo = json.loads(await get(port, b"/victim", VICTIM))
+    assert echo["path"] == "/victim"
+    seen = [(entry["method"], entry["path"], entry["body"]) for entry in backend.entries()]
+    assert seen == [("POST", "/upload", len(smuggled)), ("GET", "/next", 0), ("GET", "/victim", 0)], backend.name
 
 
 async def test_connection_cannot_remove_host_or_the_forwarding_headers(backend: Backend) -> None:
