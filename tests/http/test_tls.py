@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -289,3 +290,128 @@ async def test_the_cli_serves_tls_on_both_sides(tls_files: TlsFiles, workers: st
         origin.close()
     assert response.status_code == 200 and len(response.content) == 1000
     assert [len(answer.content) for answer in answers] == [0, 70_000, 5]
+
+
+class _RecordPeer:
+    """One end of a TLS connection that decrypts what it receives one record at a time, so a test sees which
+    plaintext each TLS record carried. ``records`` holds, per record after the handshake, its plaintext
+    (b"" for one that carried none, such as a session ticket)."""
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool) -> None:
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        name = None if server_side else "127.0.0.1"
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side, server_hostname=name)
+        self._raw = b""
+        self.handshaken = False
+        self.records: list[bytes] = []
+
+    def handshake(self) -> bytes:
+        """Step the handshake; returns the bytes to send."""
+        try:
+            self._tls.do_handshake()
+            self.handshaken = True
+        except ssl.SSLWantReadError:
+            pass
+        return self._outgoing.read()
+
+    def received(self, data: bytes) -> bytes:
+        """Take raw bytes off the wire; returns the bytes to send back."""
+        self._raw += data
+        reply = b""
+        while len(self._raw) >= 5 and len(self._raw) >= 5 + int.from_bytes(self._raw[3:5], "big"):
+            size = 5 + int.from_bytes(self._raw[3:5], "big")  # a record: type, version, length, payload
+            self._incoming.write(self._raw[:size])
+            self._raw = self._raw[size:]
+            if not self.handshaken:
+                reply += self.handshake()
+                continue
+            try:
+                self.records.append(self._tls.read(1 << 17))
+            except ssl.SSLWantReadError:
+                self.records.append(b"")
+            reply += self._outgoing.read()
+        return reply
+
+    def send(self, plaintext: bytes) -> bytes:
+        self._tls.write(plaintext)
+        return self._outgoing.read()
+
+
+class _RecordOrigin(asyncio.Protocol):
+    """A keep-alive TLS origin that answers each request (head and Content-Length body) once it has all of it."""
+
+    def __init__(self, context: ssl.SSLContext, peers: list[_RecordPeer]) -> None:
+        self.peer = _RecordPeer(context, server_side=True)
+        self.answered = 0  # bytes of plaintext answered so far
+        peers.append(self.peer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(self.peer.received(data))
+        request = b"".join(self.peer.records)[self.answered :]
+        head, ended, body = request.partition(b"\r\n\r\n")
+        length = int(head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0] or 0)
+        if ended and len(body) >= length:
+            self.answered += len(head) + 4 + length
+            self.transport.write(self.peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+
+
+async def test_a_small_request_body_goes_upstream_in_the_tls_record_of_its_head(tls_files: TlsFiles) -> None:
+    # One record for head and body, not one each: half the encryptions here and decryptions upstream. The
+    # first request waits for the connection to be made; the second finds it in the pool.
+    peers: list[_RecordPeer] = []
+    loop = asyncio.get_running_loop()
+    origin = await loop.create_server(lambda: _RecordOrigin(tls_files.server_context(), peers), "127.0.0.1", 0)
+    port = origin.sockets[0].getsockname()[1]
+    proxy = await start_proxy(f"https://127.0.0.1:{port}", port=0, upstream_ca=str(tls_files.ca))
+    body = b'{"model": "m", "stream": true}'
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    try:
+        answers = [
+            await raw_exchange(proxy.sockets[0].getsockname()[1], request % len(body) + body, timeout=10)
+            for _ in range(2)
+        ]
+    finally:
+        await shutdown_proxy(proxy, grace=0.5)
+        origin.close()
+    assert [parse_responses(answer)[0].body for answer in answers] == [b"ok", b"ok"]
+    [peer] = peers
+    carried = [record for record in peer.records if record]
+    assert len(carried) == 2
+    for record in carried:
+        assert record.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and record.endswith(b"\r\n\r\n" + body)
+
+
+async def test_a_small_response_reaches_a_tls_client_in_the_record_of_its_head(tls_files: TlsFiles) -> None:
+    def reply(origin: RecordingOrigin, data: bytes) -> None:
+        origin.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    upstream, _ = await start_recording_origin(reply)
+    proxy = await start_proxy(
+        f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}",
+        port=0,
+        certfile=str(tls_files.cert),
+        keyfile=str(tls_files.key),
+    )
+    peer = _RecordPeer(tls_files.client_context(), server_side=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.sockets[0].getsockname()[1])
+    try:
+        writer.write(peer.handshake())
+        sent = False
+        for _ in range(100):  # handshake flights, tickets, the response: a few reads
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, "the proxy closed before answering"
+            writer.write(peer.received(data))
+            if peer.handshaken and not sent:
+                writer.write(peer.send(b"GET /small HTTP/1.1\r\nHost: client.test\r\n\r\n"))
+                sent = True
+            if b"hello" in b"".join(peer.records):
+                break
+    finally:
+        writer.close()
+        await shutdown_proxy(proxy, grace=0.5)
+        upstream.close()
+    [carried] = [record for record in peer.records if record]
+    assert carried.startswith(b"HTTP/1.1 200 OK\r\n") and carried.endswith(b"\r\n\r\nhello")

@@ -23,7 +23,7 @@ cdef class ProxyProtocol:
     cdef public RequestHead _head
     cdef public ReadGate _gate
     cdef public ConnectionDeadlines deadlines
-    cdef public object _upgrade_held, _tunnel, _drain_timer, _deferred_reject, _writelines
+    cdef public object _upgrade_held, _tunnel, _drain_timer, _deferred_reject, _write, _writelines
     cdef public Py_ssize_t _drain_left, _head_bytes
     cdef public object _health_path
     cdef public bint _recording, _observes_responses

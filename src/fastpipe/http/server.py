@@ -176,6 +176,7 @@ class ProxyProtocol:
         "_tunnel",
         "_upgrade_held",
         "_upgrading",
+        "_write",
         "_write_paused",
         "_writelines",
         "deadlines",
@@ -195,6 +196,8 @@ class ProxyProtocol:
         self._full = None if _LEAN else self._parser
         self._fed_at = 0  # where in the read the bytes last given to a parser begin
         self._transport: Any = None
+        self._write: Any = None  # the transport's write and batched write, looked up once (per body chunk)
+        self._writelines: Any = None
         self._peer = "-"
         self._forwarding = h.Forwarding(b"-", b"http")
         self._routing = proxy.routing
@@ -245,6 +248,7 @@ class ProxyProtocol:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._gate.attach(transport)
+        self._write = transport.write  # type: ignore[attr-defined]
         self._writelines = writelines_of(transport)
         limits = self._limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
@@ -968,7 +972,7 @@ class ProxyProtocol:
             return
         head = self._pending_head
         if head is None:
-            self._transport.write(chunk)
+            self._write(chunk)
         else:
             self._pending_head = None
             self._writelines((head, chunk))

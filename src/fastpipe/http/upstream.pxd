@@ -24,11 +24,11 @@ cdef class UpstreamConnection:
     cdef public object _parser, _transport, _released_callback
     cdef public CompiledPipe _pipe
     cdef public Exchange _exchange
-    cdef public object _head_buf, _parts, _transfer_encoding, _upgrade, _drop_names
+    cdef public object _head_buf, _held_head, _parts, _transfer_encoding, _upgrade, _drop_names
     cdef public int _mode, _spare_fd
     cdef public Py_ssize_t _scan, _content_length, _interim_bytes, _remaining
     cdef public bint _interim, _message_done, _desync, _keep_alive, _reusable, _body_unwanted, _write_paused
-    cdef public bint closed, got_bytes, reused, _between_chunks
+    cdef public bint closed, got_bytes, reused, _between_chunks, _tls
     cdef object __weakref__
 
     cpdef begin(self, Exchange exchange)

@@ -112,6 +112,7 @@ class UpstreamConnection:
         "_drop_names",
         "_exchange",
         "_head_buf",
+        "_held_head",
         "_interim",
         "_interim_bytes",
         "_keep_alive",
@@ -127,6 +128,7 @@ class UpstreamConnection:
         "_scan",
         "_spare_fd",
         "_transfer_encoding",
+        "_tls",
         "_transport",
         "_upgrade",
         "_write_paused",
@@ -159,6 +161,8 @@ class UpstreamConnection:
         self._body_unwanted = False  # the upstream answered and will close: stop sending the request body
         self._between_chunks = False  # llhttp stands between two chunks of a chunked body (compiled build)
         self._spare_fd = -1  # a duplicate of the socket while a request body is written (see _salvage)
+        self._tls = False
+        self._held_head: bytes | None = None  # a request head waiting for its body's first piece (see begin)
         self._write_paused = False
         self._released_callback = self._body_released
         self.closed = False
@@ -169,6 +173,7 @@ class UpstreamConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        self._tls = transport.get_extra_info("sslcontext") is not None
         limits = self._pool.limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=limits.write_high_water, low=limits.write_low_water
@@ -274,6 +279,11 @@ class UpstreamConnection:
             pending.insert(0, exchange.head)
             writelines_of(self._transport)(pending)
             exchange.client.upstream_body_flushed()
+        elif self._tls and (exchange.content_length > 0 or exchange.chunked):
+            # Over TLS each write is a record of its own: the body's first piece, most often in the read
+            # that held the head, goes out in the head's record. Held until it comes or this loop turn ends.
+            self._held_head = exchange.head
+            self._pool.loop.call_soon(self._send_held_head)
         else:
             self._transport.write(exchange.head)
         if self._write_paused:
@@ -283,7 +293,19 @@ class UpstreamConnection:
         """One piece of request body, already framed for this hop; dropped once the connection is
         closed (the upstream answered early, or the exchange gave up on it)."""
         if not self.closed and not self._body_unwanted:
-            self._transport.write(piece)
+            head = self._held_head
+            if head is None:
+                self._transport.write(piece)
+            else:
+                self._held_head = None
+                writelines_of(self._transport)((head, piece))
+
+    def _send_held_head(self) -> None:
+        head = self._held_head
+        if head is not None:
+            self._held_head = None
+            if not self.closed:
+                self._transport.write(head)
 
     def _keep_spare(self) -> None:
         """Duplicate the socket before writing a request body. An upstream that answers early (413, 401)
