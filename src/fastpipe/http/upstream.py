@@ -29,7 +29,7 @@ from . import headers as h
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, TRANSFER_ENCODING, UPGRADE
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
-from .writes import writelines_of
+from .writes import TLS_RECORD_PAYLOAD, writelines_of
 
 if TYPE_CHECKING:
     from .exchange import BodyPipe, Exchange
@@ -298,7 +298,11 @@ class UpstreamConnection:
                 self._transport.write(piece)
             else:
                 self._held_head = None
-                writelines_of(self._transport)((head, piece))
+                if len(head) + len(piece) <= TLS_RECORD_PAYLOAD:
+                    self._transport.write(head + piece)
+                else:
+                    self._transport.write(head)
+                    self._transport.write(piece)
 
     def _send_held_head(self) -> None:
         head = self._held_head
