@@ -11,7 +11,9 @@ TLS passthrough, not a proxy that terminates TLS towards the origin: a different
 only the plaintext HTTP cells. A peer may also name the only workloads it takes part in (``Peer.cells``):
 ``fastpipe-usage``, fastpipe serving a configuration file of one route with ``usage = "openai"``, runs the
 SSE cell only (the origin's streams are OpenAI-shaped chunks; its other bodies are not what such a route is
-for), so that its CPU per stream next to plain ``fastpipe``'s is the cost of usage capture.
+for), so that its CPU per stream next to plain ``fastpipe``'s is the cost of usage capture; ``fastpipe-route``,
+the same configuration file without usage capture, runs the small-request cell only: a gateway route's cost
+per request next to nginx's.
 """
 
 from __future__ import annotations
@@ -185,6 +187,15 @@ PEERS: dict[str, Peer] = {
             fastpipe_cli("fastpipe-py", True),
             fastpipe_cli_missing,
             EVERY_KIND,
+        ),
+        Peer(
+            "fastpipe-route",
+            "fastpipe gateway route (--config)",
+            "fastpipe",
+            fastpipe_route("fastpipe-route", None),
+            compiled_pipe_missing,
+            HTTP_ONLY,
+            frozenset({"small"}),
         ),
         Peer(
             "fastpipe-usage",

@@ -217,6 +217,11 @@ def targets(figures: dict[str, PeerFigures], subject: str = "fastpipe") -> list[
         ),
         Target("CPU per GiB, TLS upstream <= 1.2x nginx", ratio(fp.bulk_tls_cost, _of(nginx, "bulk_tls_cost")), 1.2),
         Target(
+            "CPU per 1 KiB request, gateway route <= 1.2x nginx",
+            ratio(_of(get("fastpipe-route"), "small_cost"), _of(nginx, "small_cost")),
+            1.2,
+        ),
+        Target(
             "CPU per GiB, WebSocket bulk <= 1.2x bare relay", ratio(fp.ws_bulk_cost, _of(relay, "ws_bulk_cost")), 1.2
         ),
     ]
