@@ -24,7 +24,7 @@ cdef class UpstreamConnection:
     cdef public object _parser, _transport, _released_callback
     cdef public CompiledPipe _pipe
     cdef public Exchange _exchange
-    cdef public object _head_buf, _held_head, _parts, _transfer_encoding, _upgrade, _drop_names
+    cdef public object _head_buf, _held_head, _parts, _transfer_encoding, _upgrade, _drop_names, _writelines
     cdef public int _mode, _spare_fd
     cdef public Py_ssize_t _scan, _content_length, _interim_bytes, _remaining
     cdef public bint _interim, _message_done, _desync, _keep_alive, _reusable, _body_unwanted, _write_paused

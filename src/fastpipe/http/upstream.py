@@ -29,7 +29,7 @@ from . import headers as h
 from .headers import CONNECTION, CONTENT_LENGTH, FORWARD, TRANSFER_ENCODING, UPGRADE
 from .record import TIMEOUT, UPSTREAM_ERROR
 from .tls import UpstreamTLS, forget_transport, handshake_failure
-from .writes import TLS_RECORD_PAYLOAD, writelines_of
+from .writes import writelines_of
 
 if TYPE_CHECKING:
     from .exchange import BodyPipe, Exchange
@@ -132,6 +132,7 @@ class UpstreamConnection:
         "_transport",
         "_upgrade",
         "_write_paused",
+        "_writelines",
         "closed",
         "got_bytes",
         "reused",
@@ -162,6 +163,7 @@ class UpstreamConnection:
         self._between_chunks = False  # llhttp stands between two chunks of a chunked body (compiled build)
         self._spare_fd = -1  # a duplicate of the socket while a request body is written (see _salvage)
         self._tls = False
+        self._writelines: Any = None  # the transport's batched write (see writes.writelines_of), looked up once
         self._held_head: bytes | None = None  # a request head waiting for its body's first piece (see begin)
         self._write_paused = False
         self._released_callback = self._body_released
@@ -174,6 +176,7 @@ class UpstreamConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._tls = transport.get_extra_info("sslcontext") is not None
+        self._writelines = writelines_of(transport)
         limits = self._pool.limits
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=limits.write_high_water, low=limits.write_low_water
@@ -277,7 +280,7 @@ class UpstreamConnection:
             exchange.body_pending = None
             exchange.body_pending_size = 0
             pending.insert(0, exchange.head)
-            writelines_of(self._transport)(pending)
+            self._writelines(pending)
             exchange.client.upstream_body_flushed()
         elif self._tls and (exchange.content_length > 0 or exchange.chunked):
             # Over TLS each write is a record of its own: the body's first piece, most often in the read
@@ -298,11 +301,7 @@ class UpstreamConnection:
                 self._transport.write(piece)
             else:
                 self._held_head = None
-                if len(head) + len(piece) <= TLS_RECORD_PAYLOAD:
-                    self._transport.write(head + piece)
-                else:
-                    self._transport.write(head)
-                    self._transport.write(piece)
+                self._writelines((head, piece))  # one record where they fit one
 
     def _send_held_head(self) -> None:
         head = self._held_head
