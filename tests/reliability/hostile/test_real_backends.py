@@ -4,7 +4,8 @@ Five servers that keep connections alive (gunicorn with threads, waitress, uvico
 httptools, hypercorn) run the app of ``_backend_apps``, which logs every request as the server parsed
 it. The proxy runs with its pool on, so a request that leaves bytes behind on an upstream connection
 would be completed by the next client's request: the smuggling cases send an attacker's request, then a
-victim's on another connection, and check what the back end saw.
+victim's on another connection, and check what the back end saw. Four of them (not waitress) also serve
+over TLS, where the proxy joins a request head and its body's first piece into one TLS record.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 
 from fastpipe.http import shutdown_proxy, start_proxy
 
+from ...http._proxy_support import TlsFiles
 from ._peers import raw_exchange
 
 HERE = Path(__file__).parent
@@ -39,24 +41,34 @@ SERVERS: dict[str, list[str]] = {
     "uvicorn-httptools": [*"uvicorn --http httptools --host 127.0.0.1 --port {port} --log-level warning".split(), ASGI],
     "hypercorn": [*"hypercorn -b {addr} --keep-alive 30".split(), ASGI],
 }
+# The flags that serve each (but waitress) over TLS, with the certificate {cert} and key {key}
+TLS_FLAGS: dict[str, str] = {
+    "gunicorn-gthread": "--certfile {cert} --keyfile {key}",
+    "uvicorn-h11": "--ssl-certfile {cert} --ssl-keyfile {key}",
+    "uvicorn-httptools": "--ssl-certfile {cert} --ssl-keyfile {key}",
+    "hypercorn": "--certfile {cert} --keyfile {key}",
+}
 START_SECONDS = 20.0
 
 
 class Backend:
     """One real server in a subprocess, with the log of the requests its app saw."""
 
-    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log: Path, tls: TlsFiles | None = None) -> None:
         self.name = name
         self.log = log
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        words = [word.format(addr=f"127.0.0.1:{self.port}", port=self.port) for word in argv]
+        if tls is not None:  # the app stays the last word
+            argv = [*argv[:-1], *TLS_FLAGS[name].split(), argv[-1]]
+        cert, key = (tls.cert, tls.key) if tls is not None else ("", "")
+        words = [word.format(addr=f"127.0.0.1:{self.port}", port=self.port, cert=cert, key=key) for word in argv]
         env = {**os.environ, "FASTPIPE_BACKEND_LOG": str(log)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", *words], cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     def wait_serving(self) -> None:
         deadline = time.monotonic() + START_SECONDS
@@ -87,10 +99,8 @@ class Backend:
             self.process.stderr.close()
 
 
-@pytest.fixture(scope="module")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Backend]]:
-    logs = tmp_path_factory.mktemp("backend-logs")
-    started = {name: Backend(name, argv, logs / f"{name}.jsonl") for name, argv in SERVERS.items()}
+@contextlib.contextmanager
+def _serving(started: dict[str, Backend]) -> Iterator[dict[str, Backend]]:
     try:
         for backend in started.values():
             backend.wait_serving()
@@ -98,6 +108,26 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Bac
     finally:
         for backend in started.values():
             backend.stop()
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Backend]]:
+    logs = tmp_path_factory.mktemp("backend-logs")
+    with _serving({name: Backend(name, argv, logs / f"{name}.jsonl") for name, argv in SERVERS.items()}) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return TlsFiles(tmp_path_factory.mktemp("backend-tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_backends(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[dict[str, Backend]]:
+    logs = tmp_path_factory.mktemp("tls-backend-logs")
+    chosen = {name: Backend(name, SERVERS[name], logs / f"{name}.jsonl", tls_files) for name in TLS_FLAGS}
+    with _serving(chosen) as started:
+        yield started
 
 
 @pytest.fixture(params=sorted(SERVERS))
@@ -161,13 +191,56 @@ async def test_a_plain_upload_reaches_the_back_end_whole_and_alone(backend: Back
     start of a request, in the head's read or split over later ones (or a head split itself, for llhttp), and
     the request pipelined after it reach the back end as that body and that request, and nothing is left on
     the pooled connection for the next client."""
+    await _upload_whole_and_alone(backend, split)
+
+
+@pytest.mark.parametrize("split", [(), (9,), (9, 30), (-40,)], ids=["one-read", "head+9", "three-reads", "head-split"])
+@pytest.mark.parametrize("name", sorted(TLS_FLAGS))
+async def test_a_plain_upload_reaches_a_tls_back_end_whole_and_alone(
+    tls_backends: dict[str, Backend], tls_files: TlsFiles, name: str, split: tuple[int, ...]
+) -> None:
+    """The same over TLS, where the request head waits for its body's first piece to share its record: held
+    while the body is in the same read, written alone at the end of the loop turn when the body comes later."""
+    backend = tls_backends[name]
+    backend.clear()
+    await _upload_whole_and_alone(backend, split, upstream_ca=str(tls_files.ca))
+
+
+@pytest.mark.parametrize("name", sorted(TLS_FLAGS))
+async def test_a_head_that_waits_for_100_continue_reaches_a_tls_back_end(
+    tls_backends: dict[str, Backend], tls_files: TlsFiles, name: str
+) -> None:
+    """A head held for its body's first piece is written alone at the end of the loop turn: a client that
+    sends its body only after the back end's 100 Continue gets that 100, then its answer."""
+    backend = tls_backends[name]
+    backend.clear()
+    body = b"sent after the interim answer"
+    head = b"POST /upload HTTP/1.1\r\nHost: backend.test\r\nExpect: 100-continue\r\nContent-Length: %d\r\n"
+    head = head % len(body) + b"Connection: close\r\n\r\n"
+    async with proxy_to(backend, upstream_ca=str(tls_files.ca)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head)
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.write(body)
+            rest = await asyncio.wait_for(reader.read(-1), 10)
+        finally:
+            writer.close()
+    assert interim.startswith(b"HTTP/1.1 100 "), interim
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]
+    assert [(entry["method"], entry["path"], entry["body"]) for entry in backend.entries()] == [
+        ("POST", "/upload", len(body))
+    ]
+
+
+async def _upload_whole_and_alone(backend: Backend, split: tuple[int, ...], **options: Any) -> None:
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: backend.test\r\nX-Swallow: "
     head = b"POST /upload HTTP/1.1\r\nHost: backend.test\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
     head %= len(smuggled)
     data = head + smuggled + b"GET /next HTTP/1.1\r\nHost: backend.test\r\nConnection: close\r\n\r\n"
     cuts = [0, *(len(head) + offset for offset in split), len(data)]  # offsets into the body (or the head)
     pieces = [data[start:stop] for start, stop in itertools.pairwise(cuts)]
-    async with proxy_to(backend) as port:
+    async with proxy_to(backend, **options) as port:
         result = await raw_exchange(port, pieces, pause=0.02)
         assert [response.status for response in result.responses] == [200, 200]
         echo = json.loads(await get(port, b"/victim", VICTIM))
